@@ -1,0 +1,35 @@
+"""YAML configuration files: load, and resolve a config by name or path."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmirl_ros.paths import config_dir
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(name_or_path: str | Path, kind: str) -> Path:
+    """`cmirl_lite` -> config/<kind>/cmirl_lite.yaml; an existing file path is returned as is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    named = config_dir() / kind / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
+    raise FileNotFoundError(f"no {kind} config '{name_or_path}' (a .yaml path or one of: {', '.join(known)})")

@@ -1,0 +1,1 @@
+"""ROS 2 layer: the only place that imports rclpy and ROS message packages."""
