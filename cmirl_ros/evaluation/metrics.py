@@ -9,49 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cmirl_ros.geometry.poses import place_matches, time_exclusion
+
 PROTOCOLS = ("paper", "revisit")
-
-
-def view_directions(poses: np.ndarray) -> np.ndarray:
-    """Optical axes (camera +z) in the world frame of (N,4,4) `T_world_cam` poses -> (N,3) unit vectors."""
-    axes = np.asarray(poses, dtype=np.float64)[:, :3, 2]
-    return axes / np.maximum(np.linalg.norm(axes, axis=1, keepdims=True), 1e-12)
-
-
-def pairwise_distances(positions_a: np.ndarray, positions_b: np.ndarray, axes=None) -> np.ndarray:
-    """(N,M) Euclidean distances between two sets of positions over the chosen axes (None = all 3)."""
-    a = np.asarray(positions_a, dtype=np.float64)
-    b = np.asarray(positions_b, dtype=np.float64)
-    if axes is not None:
-        a, b = a[:, list(axes)], b[:, list(axes)]
-    return np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0))
-
-
-def pairwise_view_angles(poses_a: np.ndarray, poses_b: np.ndarray) -> np.ndarray:
-    """(N,M) angles in degrees between the optical axes of two sets of camera poses."""
-    cos = np.clip(view_directions(poses_a) @ view_directions(poses_b).T, -1.0, 1.0)
-    return np.degrees(np.arccos(cos))
-
-
-def same_place(poses_a, poses_b, radius: float, axes=None, max_angle_deg: float | None = None) -> np.ndarray:
-    """(N,M) bool: within `radius` metres (and, when given, `max_angle_deg` of view direction)."""
-    poses_a, poses_b = np.asarray(poses_a), np.asarray(poses_b)
-    match = pairwise_distances(poses_a[:, :3, 3], poses_b[:, :3, 3], axes) < radius
-    if max_angle_deg is not None:
-        match &= pairwise_view_angles(poses_a, poses_b) < max_angle_deg
-    return match
 
 
 def top1_percent_k(num_map_entries: int) -> int:
     """Recall@1% looks at the top max(1, round(N/100)) of N map entries."""
     return max(1, int(round(num_map_entries / 100.0)))
-
-
-def exclusion_mask(query_stamps, map_stamps, exclude_seconds: float) -> np.ndarray:
-    """(Q,M) bool: map entries recorded within `exclude_seconds` of the query (hidden under `revisit`)."""
-    q = np.asarray(query_stamps, dtype=np.float64)[:, None]
-    m = np.asarray(map_stamps, dtype=np.float64)[None, :]
-    return np.abs(q - m) <= exclude_seconds
 
 
 @dataclass
@@ -163,10 +128,10 @@ def evaluate_protocols(
 ) -> dict[str, RetrievalResult]:
     """Both protocols on one set of descriptors: `paper` sees every map entry, `revisit`
     hides entries within `exclude_seconds` of the query and counts true revisits only."""
-    correct = same_place(query_poses, map_poses, radius, axes, max_angle_deg)
+    correct = place_matches(query_poses, map_poses, radius, axes, max_angle_deg)
     results = {}
     for protocol in protocols:
-        excluded = exclusion_mask(query_stamps, map_stamps, exclude_seconds) if protocol == "revisit" else None
+        excluded = time_exclusion(query_stamps, map_stamps, exclude_seconds) if protocol == "revisit" else None
         results[protocol] = evaluate_retrieval(
             query_descriptors, map_descriptors, correct, excluded, protocol=protocol, max_n=max_n
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cmirl_ros.evaluation.metrics import pairwise_distances, pairwise_view_angles
+from cmirl_ros.geometry.poses import place_distances, view_angles_deg
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ class PairRule:
 def place_relations(poses: np.ndarray, rule: PairRule, axes=None) -> tuple[np.ndarray, np.ndarray]:
     """(positives, negatives): (N,N) bool masks over the frames of one sequence of `T_world_cam`."""
     poses = np.asarray(poses, dtype=np.float64)
-    dist = pairwise_distances(poses[:, :3, 3], poses[:, :3, 3], axes)
+    dist = place_distances(poses, poses, axes)
     positives = dist < rule.positive_distance
     negatives = dist > rule.negative_distance
     if rule.positive_angle_deg is not None or rule.negative_angle_deg is not None:
-        angles = pairwise_view_angles(poses, poses)
+        angles = view_angles_deg(poses, poses)
         if rule.positive_angle_deg is not None:
             positives &= angles < rule.positive_angle_deg
         if rule.negative_angle_deg is not None:
