@@ -1,0 +1,264 @@
+"""The map database: keyframe descriptors, their poses, and a FAISS index, saved as a directory.
+
+Directory layout (format version 1):
+- `manifest.json`: format and version, model (name, config, fingerprint), preprocessing and virtual
+  camera, descriptor size and metric, index type and parameters, counts, creation time, source,
+  keyframe selection, and the sha256 + size of every other file.
+- `descriptors.npy`: (N, D) float32, L2-normalised; row i belongs to keyframe i.
+- `keyframes.csv`: id, stamp, session, source_frame, x, y, z, qx, qy, qz, qw, frame_id.
+- `index.faiss`: the FAISS index over the descriptors (row numbers are keyframe ids).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from cmirl_ros.mapdb.keyframes import Keyframes
+from cmirl_ros.mapdb.storage import atomic_directory, sha256_file
+
+FORMAT = "cmirl_map"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DESCRIPTORS = "descriptors.npy"
+KEYFRAMES = "keyframes.csv"
+INDEX = "index.faiss"
+METRIC = "inner_product"
+
+
+class MapDatabase:
+    """Descriptors + keyframes + index. `search` returns keyframe ids (= row numbers)."""
+
+    def __init__(self, descriptors: np.ndarray, keyframes: Keyframes, manifest: dict | None = None,
+                 index_config=None, index=None):
+        from cmirl_ros.mapdb.index import IndexConfig, build_index, configure_search
+
+        if descriptors.ndim != 2 or len(descriptors) != len(keyframes):
+            raise ValueError(
+                f"descriptors {descriptors.shape} do not match {len(keyframes)} keyframes (expected (N, D))"
+            )
+        self.descriptors = descriptors
+        self.keyframes = keyframes
+        self.manifest = dict(manifest or {})
+        self.index_config = index_config or IndexConfig()
+        if index is None:
+            index, kind = build_index(descriptors, self.index_config)
+        else:
+            kind = self.manifest["index"]["type"]
+            configure_search(index, self.index_config)
+        self.index = index
+        self.index_type = kind
+        self._sorted_stamps = np.sort(keyframes.stamps)
+
+    def __len__(self) -> int:
+        return len(self.keyframes)
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.descriptors.shape[1])
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("model", {}).get("fingerprint")
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int, exclude_stamp=None, exclude_seconds: float = 0.0,
+               exclude_session: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores (Q,k) float32, ids (Q,k) int64), best first; missing results are (-inf, -1).
+
+        With `exclude_stamp` (scalar or (Q,)) and `exclude_seconds` > 0, keyframes whose stamp lies
+        within `exclude_seconds` of the query's stamp are dropped (only those of `exclude_session`
+        when given): the self-match guard. The search over-fetches by the number of keyframes in
+        that time window, so exactly k survivors come back whenever the map has them.
+        """
+        from cmirl_ros.mapdb.index import search_index
+
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.shape[1] != self.descriptor_dim:
+            raise ValueError(f"query descriptors have size {queries.shape[1]}, the map has {self.descriptor_dim}")
+        if exclude_stamp is None or exclude_seconds <= 0:
+            return search_index(self.index, queries, k, self.index_config)
+        stamps = np.broadcast_to(np.asarray(exclude_stamp, dtype=np.float64), (len(queries),))
+        in_window = np.searchsorted(self._sorted_stamps, stamps + exclude_seconds, side="right") - np.searchsorted(
+            self._sorted_stamps, stamps - exclude_seconds, side="left"
+        )
+        scores, ids = search_index(self.index, queries, k + int(in_window.max()), self.index_config)
+        return self._drop_window(scores, ids, stamps, exclude_seconds, exclude_session, k)
+
+    def _drop_window(self, scores, ids, stamps, seconds, session, k):
+        out_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(ids), k), -1, dtype=np.int64)
+        for q in range(len(ids)):
+            rows = ids[q]
+            valid = rows >= 0
+            near = np.abs(self.keyframes.stamps[rows] - stamps[q]) <= seconds
+            if session is not None:
+                near &= self.keyframes.sessions[rows] == session
+            keep = np.flatnonzero(valid & ~near)[:k]
+            out_scores[q, : len(keep)] = scores[q, keep]
+            out_ids[q, : len(keep)] = rows[keep]
+        return out_scores, out_ids
+
+    # ------------------------------------------------------------------ memory
+    def bytes_per_entry(self) -> dict:
+        """Resident memory per keyframe: the index and the keyframe table. The float32 descriptors
+        of a loaded map are memory-mapped from disk (read only by merge and exact re-scoring)."""
+        from cmirl_ros.mapdb.index import index_bytes
+
+        n = max(len(self), 1)
+        index = index_bytes(self.index) / n
+        table = self.keyframes.nbytes() / n
+        return {"index": round(index, 1), "keyframes": round(table, 1), "total": round(index + table, 1)}
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the map directory atomically (temp dir beside it, fsync, rename)."""
+        import faiss
+
+        directory = Path(directory)
+        with atomic_directory(directory, overwrite=overwrite) as temp:
+            np.save(temp / DESCRIPTORS, np.ascontiguousarray(self.descriptors, dtype=np.float32))
+            self.keyframes.write_csv(temp / KEYFRAMES)
+            faiss.write_index(self.index, str(temp / INDEX))
+            manifest = self._complete_manifest(temp)
+            (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        self.manifest = manifest
+        return directory
+
+    def _complete_manifest(self, temp: Path) -> dict:
+        manifest = dict(self.manifest)
+        manifest.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            created_utc=manifest.get("created_utc") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            descriptor={"dim": self.descriptor_dim, "dtype": "float32", "metric": METRIC, "normalized": True},
+            index={"type": self.index_type, "config": self.index_config.to_dict(),
+                   "bytes_per_entry": self.bytes_per_entry()},
+            files={name: {"sha256": sha256_file(temp / name), "bytes": (temp / name).stat().st_size}
+                   for name in (DESCRIPTORS, KEYFRAMES, INDEX)},
+        )
+        counts = dict(manifest.get("counts", {}))
+        counts["keyframes"] = len(self)
+        manifest["counts"] = counts
+        return manifest
+
+    @classmethod
+    def load(cls, directory: str | Path, expect_fingerprint: str | None = None, verify: bool = True,
+             index_config=None) -> "MapDatabase":
+        """Load and validate a map directory. Raises FileNotFoundError / ValueError naming the file.
+
+        `expect_fingerprint`: the model fingerprint the caller will query with; a map built with
+        another model is refused. `verify`: check every file's sha256 against the manifest.
+        `index_config`: search parameters; a different index type than the stored one rebuilds it.
+        """
+        from cmirl_ros.mapdb.index import IndexConfig
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: map directory not found")
+        manifest = read_manifest(directory)
+        check_model(manifest, directory / MANIFEST, expect_fingerprint)
+        for name in (DESCRIPTORS, KEYFRAMES, INDEX):
+            _check_file(directory, name, manifest, verify)
+        descriptors = _read_descriptors(directory / DESCRIPTORS, manifest)
+        keyframes = Keyframes.read_csv(directory / KEYFRAMES)
+        if len(keyframes) != len(descriptors):
+            raise ValueError(f"{directory / KEYFRAMES}: {len(keyframes)} rows, but {len(descriptors)} descriptors")
+        stored = IndexConfig.from_dict(manifest["index"]["config"])
+        config = index_config or stored
+        if config.resolved_type(len(descriptors)) != manifest["index"]["type"]:
+            return cls(descriptors, keyframes, manifest, index_config=config)
+        return cls(descriptors, keyframes, manifest, index_config=config, index=_read_index(directory / INDEX, descriptors.shape))
+
+    # ------------------------------------------------------------------ merge
+    @classmethod
+    def merge(cls, maps: list["MapDatabase"], index_config=None) -> "MapDatabase":
+        """One map from shards built with the same model and preprocessing; ids are renumbered in
+        order and the index is rebuilt over all entries."""
+        if not maps:
+            raise ValueError("nothing to merge")
+        first = maps[0].manifest
+        for m in maps[1:]:
+            for key in ("model", "preprocessing"):
+                if m.manifest.get(key) != first.get(key):
+                    raise ValueError(f"cannot merge maps with different {key}: {first.get(key)} vs {m.manifest.get(key)}")
+            if m.descriptor_dim != maps[0].descriptor_dim:
+                raise ValueError(f"cannot merge maps with descriptor sizes {maps[0].descriptor_dim} and {m.descriptor_dim}")
+        manifest = {k: v for k, v in first.items() if k not in ("files", "index", "created_utc", "counts")}
+        manifest["sources"] = [m.manifest.get("source") for m in maps]
+        manifest["counts"] = {"source_frames": sum(m.manifest.get("counts", {}).get("source_frames", len(m)) for m in maps)}
+        manifest.pop("source", None)
+        descriptors = np.concatenate([np.asarray(m.descriptors, dtype=np.float32) for m in maps])
+        keyframes = Keyframes.concatenate([m.keyframes for m in maps])
+        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config)
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: map manifest missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupted manifest (not valid JSON: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a cmirl map manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: map format version {manifest.get('format_version')} is not supported "
+            f"(this cmirl_ros reads version {FORMAT_VERSION}); rebuild the map with `cmirl map build`"
+        )
+    for key in ("descriptor", "index", "files", "counts"):
+        if key not in manifest:
+            raise ValueError(f"{path}: manifest lacks '{key}'")
+    return manifest
+
+
+def check_model(manifest: dict, path: Path, expect_fingerprint: str | None) -> None:
+    if expect_fingerprint is None:
+        return
+    model = manifest.get("model", {})
+    if model.get("fingerprint") != expect_fingerprint:
+        raise ValueError(
+            f"{path}: model mismatch: the map was built with model '{model.get('name')}' "
+            f"(fingerprint {model.get('fingerprint')}), the localizer uses fingerprint {expect_fingerprint}; "
+            "rebuild the map with this model"
+        )
+
+
+def _check_file(directory: Path, name: str, manifest: dict, verify: bool) -> None:
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: map file missing")
+    expected = manifest["files"].get(name)
+    if expected is None:
+        raise ValueError(f"{directory / MANIFEST}: no checksum recorded for {name}")
+    if path.stat().st_size != expected["bytes"]:
+        raise ValueError(f"{path}: corrupted (size {path.stat().st_size} bytes, manifest says {expected['bytes']})")
+    if verify and sha256_file(path) != expected["sha256"]:
+        raise ValueError(f"{path}: corrupted (sha256 does not match manifest.json)")
+
+
+def _read_descriptors(path: Path, manifest: dict) -> np.ndarray:
+    try:
+        descriptors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path}: corrupted descriptor array ({e})") from None
+    expected = (manifest["counts"]["keyframes"], manifest["descriptor"]["dim"])
+    if descriptors.dtype != np.float32 or descriptors.shape != expected:
+        raise ValueError(f"{path}: expected float32 {expected}, found {descriptors.dtype} {descriptors.shape}")
+    return descriptors
+
+
+def _read_index(path: Path, shape: tuple[int, int]):
+    import faiss
+
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: corrupted FAISS index ({str(e).splitlines()[0]})") from None
+    if index.ntotal != shape[0] or index.d != shape[1]:
+        raise ValueError(f"{path}: index holds {index.ntotal} x {index.d}, descriptors are {shape[0]} x {shape[1]}")
+    return index

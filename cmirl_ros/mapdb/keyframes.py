@@ -1,0 +1,149 @@
+"""Keyframe table of a map (one row per descriptor) and keyframe selection along a trajectory."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("id", "stamp", "session", "source_frame", "x", "y", "z", "qx", "qy", "qz", "qw", "frame_id")
+
+
+@dataclass
+class Keyframes:
+    """Row i describes descriptor i. `id` is always the row number (merged maps renumber).
+
+    The pose is the camera pose T_world_cam of the source frame (the query camera the scan was
+    projected into), as position xyz + quaternion xyzw, in the map frame `frame_id`.
+    `session` names the recording (for example `kitti/00`): the temporal exclusion window only
+    applies to keyframes of the query's own session.
+    """
+
+    stamps: np.ndarray  # (N,) float64 seconds
+    sessions: np.ndarray  # (N,) str
+    source_frames: np.ndarray  # (N,) str: source file stem or frame index
+    positions: np.ndarray  # (N,3) float64
+    quaternions: np.ndarray  # (N,4) float64, xyzw
+    frame_ids: np.ndarray  # (N,) str
+
+    def __post_init__(self):
+        n = len(self.stamps)
+        self.stamps = np.asarray(self.stamps, dtype=np.float64).reshape(n)
+        self.sessions = np.asarray(self.sessions, dtype=str).reshape(n)
+        self.source_frames = np.asarray(self.source_frames, dtype=str).reshape(n)
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(n, 3)
+        self.quaternions = np.asarray(self.quaternions, dtype=np.float64).reshape(n, 4)
+        self.frame_ids = np.asarray(self.frame_ids, dtype=str).reshape(n)
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
+
+    @classmethod
+    def from_poses(cls, T_world_cam: np.ndarray, stamps, session: str, source_frames, frame_id: str = "map"):
+        from scipy.spatial.transform import Rotation
+
+        T_world_cam = np.asarray(T_world_cam, dtype=np.float64).reshape(-1, 4, 4)
+        n = len(T_world_cam)
+        return cls(
+            stamps=stamps,
+            sessions=np.full(n, session),
+            source_frames=source_frames,
+            positions=T_world_cam[:, :3, 3],
+            quaternions=Rotation.from_matrix(T_world_cam[:, :3, :3]).as_quat() if n else np.zeros((0, 4)),
+            frame_ids=np.full(n, frame_id),
+        )
+
+    def pose(self, row: int) -> np.ndarray:
+        """(4,4) T_world_cam of one keyframe."""
+        from scipy.spatial.transform import Rotation
+
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_quat(self.quaternions[row]).as_matrix()
+        T[:3, 3] = self.positions[row]
+        return T
+
+    def nbytes(self) -> int:
+        arrays = (self.stamps, self.sessions, self.source_frames, self.positions, self.quaternions, self.frame_ids)
+        return int(sum(a.nbytes for a in arrays))
+
+    @staticmethod
+    def concatenate(tables: list["Keyframes"]) -> "Keyframes":
+        return Keyframes(
+            stamps=np.concatenate([t.stamps for t in tables]),
+            sessions=np.concatenate([t.sessions for t in tables]),
+            source_frames=np.concatenate([t.source_frames for t in tables]),
+            positions=np.concatenate([t.positions for t in tables]),
+            quaternions=np.concatenate([t.quaternions for t in tables]),
+            frame_ids=np.concatenate([t.frame_ids for t in tables]),
+        )
+
+    def write_csv(self, path: Path) -> None:
+        # repr() of a Python float round-trips exactly, so a saved map reloads bit-identical.
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for i in range(len(self)):
+                writer.writerow(
+                    [i, repr(float(self.stamps[i])), self.sessions[i], self.source_frames[i]]
+                    + [repr(float(v)) for v in self.positions[i]]
+                    + [repr(float(v)) for v in self.quaternions[i]]
+                    + [self.frame_ids[i]]
+                )
+
+    @classmethod
+    def read_csv(cls, path: Path) -> "Keyframes":
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or tuple(rows[0]) != COLUMNS:
+            raise ValueError(f"{path}: not a keyframe table (expected header {','.join(COLUMNS)})")
+        body = rows[1:]
+        try:
+            numbers = np.array([[r[1], *r[4:11]] for r in body], dtype=np.float64).reshape(len(body), 8)
+            ids = np.array([int(r[0]) for r in body], dtype=np.int64)
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"{path}: malformed keyframe row: {e}") from None
+        if not np.array_equal(ids, np.arange(len(body))):
+            raise ValueError(f"{path}: keyframe ids must be the row numbers 0..N-1")
+        return cls(
+            stamps=numbers[:, 0],
+            sessions=[r[2] for r in body],
+            source_frames=[r[3] for r in body],
+            positions=numbers[:, 1:4],
+            quaternions=numbers[:, 4:8],
+            frame_ids=[r[11] for r in body],
+        )
+
+
+def select_keyframes(
+    T_world_cam: np.ndarray, distance: float, angle_deg: float = 0.0, axes: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """Indices of keyframes: the first frame, then each frame after which the camera has travelled
+    `distance` metres (path length along the trajectory, over `axes`, e.g. (0, 2) for KITTI's ground
+    plane) or turned by `angle_deg` since the last keyframe. distance == 0 keeps every frame;
+    angle_deg == 0 disables the angle criterion."""
+    poses = np.asarray(T_world_cam, dtype=np.float64).reshape(-1, 4, 4)
+    if distance < 0 or angle_deg < 0:
+        raise ValueError(f"keyframe distance and angle must be >= 0 (got {distance}, {angle_deg})")
+    if len(poses) == 0 or distance == 0:
+        return np.arange(len(poses))
+    positions = poses[:, :3, 3][:, list(axes)] if axes is not None else poses[:, :3, 3]
+    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    travelled = np.concatenate([[0.0], np.cumsum(steps)])
+    keep = [0]
+    for i in range(1, len(poses)):
+        last = keep[-1]
+        far = travelled[i] - travelled[last] >= distance - 1e-9
+        if far or (angle_deg > 0 and _rotation_angle_deg(poses[last], poses[i]) >= angle_deg):
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _rotation_angle_deg(T_a: np.ndarray, T_b: np.ndarray) -> float:
+    R = T_a[:3, :3].T @ T_b[:3, :3]
+    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
+    return float(np.degrees(np.arccos(cos)))
