@@ -1,0 +1,433 @@
+"""The `localizer` node: camera image (+ optional scan) in, matched map poses and loop closures out.
+
+Plain node by default (configures and activates itself at start); with `managed:=true` it is a
+lifecycle node driven from outside like a Nav2 server: configure loads the model and the map,
+activate subscribes and starts answering, deactivate unsubscribes, cleanup frees the model.
+
+Threads: the executor thread only decodes and validates messages and drops the newest query into
+a one-item slot; one inference thread takes it from there, so a slow model never builds a queue
+(replaced queries are counted as dropped) and services and diagnostics stay responsive.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Float64MultiArray, Header
+from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import MarkerArray
+
+from cmirl_ros.ros import messages
+from cmirl_ros.ros.conversions import (
+    MalformedMessage,
+    camera_info_to_K,
+    image_to_rgb,
+    numpy_to_image,
+    pointcloud2_to_xyzi,
+    stamp_to_seconds,
+)
+from cmirl_ros.ros.stats import RollingStats
+from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
+
+NODE_NAME = "localizer"
+READY_LOG = "localizer ready"
+WAITING_LOG = "localizer waiting for configure"
+
+# Every parameter with its default; config/localize.yaml lists the same keys (a test checks).
+PARAMETERS = {
+    "managed": False,
+    "model": "cmirl_driving",
+    "map": "",
+    "device": "auto",
+    "num_threads": 0,
+    "image_topic": "/camera/image",
+    "camera_info_topic": "/camera/camera_info",
+    "points_topic": "/lidar/points",
+    "qos": "sensor_data",
+    "use_camera_info": True,
+    "use_scan": False,
+    "sync_slop": 0.05,
+    "top_k": 5,
+    "score_threshold": 0.0,
+    "exclude_seconds": 0.0,
+    "max_query_rate": 0.0,
+    "map_frame": "map",
+    "publish_candidates": True,
+    "publish_loop_closure": True,
+    "publish_markers": True,
+    "publish_debug_image": False,
+    "diagnostics_period": 1.0,
+    "marker_lift": [0.0, -5.0, 0.0],
+    "warn_throttle_s": 5.0,
+}
+QOS_CHOICES = ("sensor_data", "reliable")
+
+
+@dataclass
+class Query:
+    header: Header
+    stamp: float
+    rgb: np.ndarray
+    points: np.ndarray | None
+    camera: tuple | None  # (K, width, height) from CameraInfo, or None = the map's camera
+    received: float  # time.monotonic() when the image arrived
+
+
+class LocalizerNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        for name, default in PARAMETERS.items():
+            self.declare_parameter(name, default)
+        self.params: dict = {}
+        self._localizer = None
+        self._model = None
+        self._publishers: dict = {}
+        self._subscriptions: list = []
+        self._slot = LatestSlot()
+        self._synchronizer: ImageScanSynchronizer | None = None
+        self._worker: threading.Thread | None = None
+        self._camera_override: tuple | None = None
+        self._enabled = True
+        self._active = False
+        self._stats = RollingStats()
+        self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0}
+        self._last_score = float("nan")
+        self._last_rejection = ""
+        self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
+        self.create_service(Trigger, "~/reload_map", self._on_reload_map)
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self.params = self._read_parameters()
+            self._load()
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._create_publishers()
+        self._slot = LatestSlot()
+        self._worker = threading.Thread(target=self._inference_loop, name="cmirl-inference", daemon=True)
+        self._worker.start()
+        period = float(self.params["diagnostics_period"])
+        self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics) if period > 0 else None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._subscribe()
+        self._active = True
+        self._publish_keyframe_markers()
+        p = self.params
+        self.get_logger().info(
+            f"{READY_LOG}: model {self._model.name}, map {p['map']} ({len(self._localizer.mapdb)} keyframes), "
+            f"image {self.resolve_topic_name(p['image_topic'])}"
+            + (f", scan {self.resolve_topic_name(p['points_topic'])}" if p["use_scan"] else "")
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
+        self._unsubscribe()
+        self._slot.clear()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
+        self._unsubscribe()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        self.stop_worker()
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        for publisher in self._publishers.values():
+            self.destroy_publisher(publisher)
+        self._publishers = {}
+        self._localizer = self._model = None
+
+    def stop_worker(self) -> None:
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+
+    # ------------------------------------------------------------------ setup
+    def _read_parameters(self) -> dict:
+        params = {name: self.get_parameter(name).value for name in PARAMETERS}
+        if not params["map"]:
+            raise ValueError("parameter 'map' is empty: give a map directory (cmirl map build ... --out DIR)")
+        if params["qos"] not in QOS_CHOICES:
+            raise ValueError(f"parameter 'qos' is '{params['qos']}', expected one of {QOS_CHOICES}")
+        if params["top_k"] < 1:
+            raise ValueError(f"parameter 'top_k' must be >= 1, got {params['top_k']}")
+        if len(params["marker_lift"]) != 3:
+            raise ValueError(f"parameter 'marker_lift' needs 3 values, got {list(params['marker_lift'])}")
+        return params
+
+    def _load(self) -> None:
+        import torch
+
+        from cmirl_ros.localization import Localizer, LocalizerConfig
+        from cmirl_ros.mapdb import MapDatabase
+        from cmirl_ros.models import load_model, model_fingerprint
+
+        p = self.params
+        if p["num_threads"] > 0:
+            torch.set_num_threads(int(p["num_threads"]))
+        self._model = load_model(p["model"], device=p["device"])
+        mapdb = MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model))
+        config = LocalizerConfig(top_k=int(p["top_k"]), score_threshold=float(p["score_threshold"]),
+                                 exclude_seconds=float(p["exclude_seconds"]))
+        self._localizer = Localizer(self._model, mapdb, config)
+
+    def _create_publishers(self) -> None:
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        p = self.params
+        self._publishers = {"match": self.create_publisher(PoseWithCovarianceStamped, "~/match", reliable)}
+        if p["publish_candidates"]:
+            self._publishers["candidates"] = self.create_publisher(PoseArray, "~/candidates", reliable)
+        if p["publish_loop_closure"]:
+            self._publishers["loop_closure"] = self.create_publisher(Float64MultiArray, "~/loop_closure", reliable)
+        if p["publish_markers"]:
+            self._publishers["markers"] = self.create_publisher(MarkerArray, "~/markers", reliable)
+            self._publishers["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
+        if p["publish_debug_image"]:
+            self._publishers["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+
+    def _subscribe(self) -> None:
+        p = self.params
+        qos = qos_profile_sensor_data if p["qos"] == "sensor_data" else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self._synchronizer = None
+        if p["use_scan"]:
+            self._synchronizer = ImageScanSynchronizer(float(p["sync_slop"]), self._on_synchronized)
+            self._subscriptions.append(self.create_subscription(PointCloud2, p["points_topic"], self._on_points, qos))
+        if p["use_camera_info"]:
+            self._subscriptions.append(self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos))
+        self._subscriptions.append(self.create_subscription(Image, p["image_topic"], self._on_image, qos))
+
+    def _unsubscribe(self) -> None:
+        for subscription in self._subscriptions:
+            self.destroy_subscription(subscription)
+        self._subscriptions = []
+
+    # ------------------------------------------------------------------ inputs (executor thread)
+    def _reject(self, kind: str, error: Exception) -> None:
+        self.counts["rejected"] += 1
+        self._last_rejection = f"{kind}: {error}"
+        self.get_logger().warning(f"rejected {kind} message: {error}", throttle_duration_sec=float(self.params["warn_throttle_s"]))
+
+    def _on_image(self, msg: Image) -> None:
+        self.counts["images"] += 1
+        try:
+            rgb = image_to_rgb(msg)
+        except MalformedMessage as e:
+            self._reject("image", e)
+            return
+        camera = self._camera_override
+        if camera is not None and (camera[1], camera[2]) != (rgb.shape[1], rgb.shape[0]):
+            self._reject("image", MalformedMessage(
+                f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {camera[1]}x{camera[2]}"))
+            return
+        stamp = stamp_to_seconds(msg.header.stamp)
+        query = Query(msg.header, stamp, rgb, None, camera, time.monotonic())
+        if self._synchronizer is not None:
+            self._synchronizer.add_image(stamp, query)
+        else:
+            self._slot.put(query)
+
+    def _on_points(self, msg: PointCloud2) -> None:
+        self.counts["scans"] += 1
+        try:
+            points = pointcloud2_to_xyzi(msg)
+        except MalformedMessage as e:
+            self._reject("point cloud", e)
+            return
+        self._synchronizer.add_scan(stamp_to_seconds(msg.header.stamp), points)
+
+    def _on_synchronized(self, image, scan) -> None:
+        query: Query = image.value
+        self._slot.put(replace(query, points=None if scan is None else scan.value))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self._camera_override = camera_info_to_K(msg)
+        except MalformedMessage as e:
+            self._reject("camera_info", e)
+
+    # ------------------------------------------------------------------ inference (worker thread)
+    def _inference_loop(self) -> None:
+        slot = self._slot
+        last_start = -np.inf
+        while True:
+            query = slot.get()
+            if query is None:
+                return
+            if not (self._active and self._enabled):
+                continue
+            rate = float(self.params["max_query_rate"])
+            if rate > 0 and time.monotonic() - last_start < 1.0 / rate:
+                time.sleep(max(0.0, last_start + 1.0 / rate - time.monotonic()))
+                newer = slot.get(timeout=0)  # prefer whatever arrived while waiting
+                query = newer if newer is not None else query
+            last_start = time.monotonic()
+            try:
+                self._answer(query)
+            except Exception as e:  # a bad query must not kill the node; report and go on
+                self.counts["errors"] += 1
+                self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
+                                        throttle_duration_sec=float(self.params["warn_throttle_s"]))
+
+    def _calibration(self, camera: tuple | None):
+        if camera is None:
+            return None
+        from cmirl_ros.geometry import PinholeCamera
+
+        K, width, height = camera
+        return replace(self._localizer.calib, camera=PinholeCamera(K, width, height))
+
+    def _answer(self, query: Query) -> None:
+        localizer = self._localizer
+        if localizer is None:
+            return
+        result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=self._calibration(query.camera))
+        matches = list(result.matches)
+        if not matches:
+            self.counts["below_threshold"] += 1
+            return
+        header = Header(stamp=query.header.stamp, frame_id=self.params["map_frame"])
+        best = matches[0]
+        self._publish("match", messages.match_msg(header, best, result.covariance))
+        self._publish("candidates", messages.candidates_msg(header, matches))
+        self._publish("loop_closure", messages.loop_closure_msg(query.stamp, best.stamp))
+        self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
+        self._publish("debug_image", lambda: self._debug_image(query, best))
+        now = self.get_clock().now().nanoseconds * 1e-9
+        self._stats.add((time.monotonic() - query.received) * 1e3, (now - query.stamp) * 1e3)
+        self._last_score = float(best.score)
+        self.counts["answered"] += 1
+
+    def _publish(self, name: str, msg) -> None:
+        publisher = self._publishers.get(name)
+        if publisher is not None:
+            publisher.publish(msg() if callable(msg) else msg)
+
+    def _debug_image(self, query: Query, best) -> Image:
+        import cv2
+
+        canvas = np.ascontiguousarray(query.rgb)
+        text = f"keyframe {best.keyframe_id}  score {best.score:.3f}"
+        cv2.putText(canvas, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 0), 2, cv2.LINE_AA)
+        return numpy_to_image(canvas, "rgb8", stamp=query.header.stamp, frame_id=query.header.frame_id)
+
+    # ------------------------------------------------------------------ outputs
+    def _publish_keyframe_markers(self) -> None:
+        if "map_markers" not in self._publishers:
+            return
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params["map_frame"])
+        marker = messages.keyframe_markers(header, self._localizer.mapdb.keyframes.positions)
+        self._publishers["map_markers"].publish(MarkerArray(markers=[marker]))
+
+    def diagnostics_values(self) -> dict:
+        summary = self._stats.summary()
+        values = {
+            "state": "active" if self._active else ("inactive" if self._localizer is not None else "unconfigured"),
+            "enabled": self._enabled,
+            **self.counts,
+            "dropped": self._slot.dropped,
+            "unpaired_images": self._synchronizer.unpaired if self._synchronizer else 0,
+            "map_size": len(self._localizer.mapdb) if self._localizer is not None else 0,
+            "last_score": self._last_score,
+            **summary,
+        }
+        if self._last_rejection:
+            values["last_rejection"] = self._last_rejection
+        return values
+
+    def _publish_diagnostics(self) -> None:
+        values = self.diagnostics_values()
+        ok = self._active and self._enabled and values["errors"] == 0
+        message = "answering" if ok else f"{values['state']}, {'enabled' if self._enabled else 'disabled'}"
+        self._diagnostics.publish(messages.diagnostics_msg(
+            self.get_clock().now().to_msg(), f"{self.get_name()}: localization", values, ok, message))
+
+    # ------------------------------------------------------------------ services
+    def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self._enabled = bool(request.data)
+        if not self._enabled:
+            self._slot.clear()
+        response.success = True
+        response.message = "enabled" if self._enabled else "disabled"
+        return response
+
+    def _on_reload_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self._localizer is None:
+            response.success, response.message = False, "not configured: nothing to reload"
+            return response
+        from cmirl_ros.localization import Localizer
+        from cmirl_ros.mapdb import MapDatabase
+        from cmirl_ros.models import model_fingerprint
+
+        path = self.get_parameter("map").value
+        try:
+            mapdb = MapDatabase.load(path, expect_fingerprint=model_fingerprint(self._model))
+        except (FileNotFoundError, ValueError) as e:
+            response.success, response.message = False, f"reload failed, keeping the current map: {e}"
+            return response
+        self.params["map"] = path
+        self._localizer = Localizer(self._model, mapdb, self._localizer.config)
+        self._publish_keyframe_markers()
+        response.success, response.message = True, f"loaded {path} ({len(mapdb)} keyframes)"
+        self.get_logger().info(response.message)
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`)."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = LocalizerNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.get_parameter("managed").value:
+            node.get_logger().info(f"{WAITING_LOG} (managed node: drive it through its lifecycle services)")
+        else:
+            node.trigger_configure()
+            if node._localizer is None:
+                code = 1
+            else:
+                node.trigger_activate()
+        if code == 0:
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # SIGINT / SIGTERM: fall through to the orderly shutdown below
+    finally:
+        node._active = False
+        node.stop_worker()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

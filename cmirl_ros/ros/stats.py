@@ -1,0 +1,47 @@
+"""Rolling figures the node reports in /diagnostics: answer rate and latency percentiles."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+
+class RollingStats:
+    """Answers over the last `window` seconds: rate (Hz) and latency percentiles (ms)."""
+
+    def __init__(self, window: float = 10.0, clock=time.monotonic):
+        self.window = window
+        self._clock = clock
+        self._events: deque[tuple[float, float, float]] = deque()  # (time, latency_ms, stamp_age_ms)
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self, latency_ms: float, stamp_age_ms: float) -> None:
+        with self._lock:
+            now = self._clock()
+            self._events.append((now, latency_ms, stamp_age_ms))
+            self.total += 1
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window:
+            self._events.popleft()
+
+    def summary(self) -> dict[str, float]:
+        with self._lock:
+            self._expire(self._clock())
+            events = np.asarray(self._events, dtype=np.float64).reshape(-1, 3)
+        if len(events) == 0:
+            return {"rate_hz": 0.0, "latency_ms_p50": float("nan"), "latency_ms_p95": float("nan"),
+                    "stamp_age_ms_p50": float("nan"), "stamp_age_ms_p95": float("nan")}
+        span = events[-1, 0] - events[0, 0]
+        rate = (len(events) - 1) / span if span > 0 else 0.0
+        return {
+            "rate_hz": rate,
+            "latency_ms_p50": float(np.percentile(events[:, 1], 50)),
+            "latency_ms_p95": float(np.percentile(events[:, 1], 95)),
+            "stamp_age_ms_p50": float(np.percentile(events[:, 2], 50)),
+            "stamp_age_ms_p95": float(np.percentile(events[:, 2], 95)),
+        }
