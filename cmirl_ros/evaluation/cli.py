@@ -1,11 +1,145 @@
-"""Placeholder until its issue lands."""
-HELP = "(not built yet)"
+"""`cmirl eval`: Recall@1 / Recall@1% of image queries against a LiDAR map, both protocols.
+
+    cmirl eval --model cmirl_driving --map out/maps/00 --dataset kitti --root SIM --seq 00 \
+        --frames 3000:4541 --radius 10 --exclude-seconds 30 --json out/eval/00.json
+
+`--ablations full=cmirl_driving no_acma=DIR ...` evaluates several models (paper Table 1),
+`--conditions day=ROOT fog=ROOT ...` the same model on query sets recorded under different
+conditions against one map (paper Table 2). A variant without its own map (`NAME=MODEL@MAPDIR`)
+gets an in-memory map built from the dataset by the same code path as `cmirl map build`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "evaluate place recognition (Recall@1, Recall@1%, both protocols, ablation/condition tables)"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cmirl_ros.datasets import add_dataset_args
+
+    parser.add_argument("--model", help="shipped model name, checkpoint directory, or model config name")
+    parser.add_argument("--map", type=Path, default=None,
+                        help="map directory from `cmirl map build`; without it a map of the whole sequence is built in memory")
+    add_dataset_args(parser)
+    parser.add_argument("--map-frames", default=None,
+                        help="frames A:B of the in-memory map (default: the whole sequence, as the paper does)")
+    parser.add_argument("--radius", type=float, required=True, help="a match is correct within this distance (m)")
+    parser.add_argument("--angle", type=float, default=None, help="... and within this view angle (deg; indoor)")
+    parser.add_argument("--protocol", choices=("paper", "revisit", "both"), default="both",
+                        help="paper: all map entries; revisit: entries within --exclude-seconds hidden, revisits only")
+    parser.add_argument("--exclude-seconds", type=float, default=30.0, help="revisit protocol time window (s)")
+    parser.add_argument("--with-scan", action="store_true", help="queries carry their live scan (image+depth)")
+    parser.add_argument("--stride", type=int, default=1, help="use every k-th query frame")
+    parser.add_argument("--ablations", nargs="+", metavar="NAME=MODEL[@MAPDIR]", default=None,
+                        help="evaluate several models into one table (paper Table 1 layout)")
+    parser.add_argument("--conditions", nargs="+", metavar="NAME=ROOT", default=None,
+                        help="query sets of the same sequence under different conditions (paper Table 2 layout)")
+    parser.add_argument("--label", default=None, help="column label (default: the sequence id)")
+    parser.add_argument("--json", type=Path, required=True, help="write the results here")
+    parser.add_argument("--markdown", type=Path, default=None, help="Markdown table (default: beside --json)")
+    parser.add_argument("--plot", type=Path, default=None, help="Recall@N PNG (default: beside --json)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--keyframe-distance", type=float, default=0.0, help="in-memory map: keyframe spacing (m)")
+    parser.add_argument("--keyframe-angle", type=float, default=0.0, help="in-memory map: keyframe rotation (deg)")
 
 
-def run(args):
-    print("cmirl: this command is not built yet")
-    return 1
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} expects NAME=VALUE items, got {item!r}")
+        out.append((name, value))
+    return out
+
+
+def _subset(dataset, stride: int):
+    if stride < 1:
+        raise ValueError(f"--stride must be >= 1, got {stride}")
+    from cmirl_ros.training.data import StridedDataset
+
+    return dataset if stride == 1 else StridedDataset(dataset, stride)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
+    from cmirl_ros.evaluation.report import atomic_write_text, markdown_table, plot_recall_curves, write_json
+    from cmirl_ros.models import load_model, model_fingerprint
+    from cmirl_ros.training.cli import set_torch_threads
+
+    set_torch_threads()
+    protocols = ("paper", "revisit") if args.protocol == "both" else (args.protocol,)
+    if args.ablations and args.conditions:
+        raise ValueError("--ablations and --conditions make different tables; run them one at a time")
+    if args.ablations:
+        variants = [(name, *spec.partition("@")[::2]) for name, spec in _pairs(args.ablations, "--ablations")]
+    else:
+        if not args.model:
+            raise ValueError("--model is required (or give --ablations)")
+        variants = [(args.model, args.model, str(args.map) if args.map else "")]
+    query_roots = _pairs(args.conditions, "--conditions") if args.conditions else [(None, str(args.root))]
+
+    base = open_dataset(args)
+    axes = base.ground_axes
+    label = args.label or args.seq or base.name
+    map_cache: dict[tuple[str, str], MapSide] = {}
+
+    def map_for(model, map_dir: str) -> MapSide:
+        from cmirl_ros.mapdb import MapDatabase, build_map
+
+        if map_dir:
+            return MapSide.from_database(MapDatabase.load(map_dir, expect_fingerprint=model_fingerprint(model)))
+        map_args = copy.copy(args)
+        map_args.frames = args.map_frames
+        return MapSide.from_database(build_map(open_dataset(map_args), model, args.keyframe_distance, args.keyframe_angle))
+
+    rows, curves = [], {}
+    for variant, model_name, map_dir in variants:
+        model = load_model(model_name, device=args.device)
+        map_side = map_for(model, map_dir)
+        for condition, root in query_roots:
+            query_args = copy.copy(args)
+            query_args.root = Path(root)
+            queries = encode_queries(model, _subset(open_dataset(query_args), args.stride), with_scan=args.with_scan)
+            results = score(queries, map_side, args.radius, axes, args.angle, args.exclude_seconds, protocols)
+            metrics = {p: r.to_dict() for p, r in results.items()}
+            row_label = condition if condition else variant
+            group = variant if condition else label
+            rows.append((row_label, {group: metrics}))  # Table 2 rows are conditions, Table 1 rows variants
+            for p, r in results.items():
+                curves[f"{row_label} ({p})"] = r.recall_curve
+            summary = ", ".join(f"{p}: R@1 {_fmt(r.recall_at_1)} R@1% {_fmt(r.recall_at_1_percent)} "
+                                f"({r.num_queries} queries)" for p, r in results.items())
+            print(f"{row_label} [{group}]: {summary}")
+
+    primary = protocols[0]
+    first = rows[0][1][next(iter(rows[0][1]))][primary]
+    report = {
+        "recall@1": first["recall@1"],
+        "recall@1%": first["recall@1%"],
+        "num_queries": first["num_queries"],
+        "protocol": primary,
+        "radius": args.radius,
+        "angle": args.angle,
+        "exclude_seconds": args.exclude_seconds,
+        "with_scan": args.with_scan,
+        "rows": [{"label": lab, "results": by_group} for lab, by_group in rows],
+    }
+    kind = "conditions" if args.conditions else "ablations" if args.ablations else "model"
+    title = f"{label}: Recall (%) ({kind}), radius {args.radius} m" + (f", angle {args.angle} deg" if args.angle else "")
+    markdown = markdown_table(rows, title=title, row_header="condition" if args.conditions else "model")
+    write_json(args.json, report)
+    md_path = args.markdown or args.json.with_suffix(".md")
+    atomic_write_text(md_path, markdown)
+    plot_recall_curves(curves, args.plot or args.json.with_suffix(".png"), title=title)
+    print(markdown)
+    return 0
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"

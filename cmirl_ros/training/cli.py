@@ -1,11 +1,118 @@
-"""Placeholder until its issue lands."""
-HELP = "(not built yet)"
+"""`cmirl train`: train a place-recognition model from a training config.
+
+    cmirl train --config config/train/cmirl_indoor.yaml --out out/train/cmirl_indoor [--max-steps N] [--resume]
+
+The config names the model (`model:` a config under config/models/), the data
+(`data:` dataset, root, seq, frames, stride; the dataset flags override it), the pair
+thresholds (`pairs:`), the augmentations (`augment:`) and the recipe (`train:`, `loss:`,
+`optim:`). Multi-GPU / multi-node: `torchrun --nproc_per_node G -m cmirl_ros.cli train ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = "train a model (hard-aware lazy triplet loss, modality dropout; resumable; torchrun for DDP)"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cmirl_ros.datasets import add_dataset_args
+
+    parser.add_argument("--config", required=True, help="training config: a name under config/train/ or a .yaml path")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (model + train_state.pt + train_log.csv)")
+    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataset_args(parser, required=False)
+    # The config supplies the dataset; flags given on the command line override it.
+    parser.set_defaults(dataset=None)
 
 
-def run(args):
-    print("cmirl: this command is not built yet")
-    return 1
+def set_torch_threads() -> None:
+    """CMIRL_TORCH_THREADS caps torch's CPU threads (shared machines, tests)."""
+    threads = os.environ.get("CMIRL_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def resolve_root(root: str | Path) -> Path:
+    """A relative data root is taken from the working directory, else from the source tree."""
+    from cmirl_ros.paths import _SOURCE_ROOT
+
+    root = Path(root)
+    if root.is_absolute() or root.exists():
+        return root
+    beside_source = _SOURCE_ROOT / root
+    return beside_source if beside_source.exists() else root
+
+
+def data_args(cfg: dict, args: argparse.Namespace, config_path: Path) -> argparse.Namespace:
+    data = dict(cfg.get("data") or {})
+    for key in ("dataset", "root", "seq", "frames"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = str(value)
+    if "root" not in data:
+        raise ValueError(f"{config_path}: no data root (set data.root or pass --root)")
+    return argparse.Namespace(
+        dataset=data.get("dataset", "kitti"), root=resolve_root(data["root"]),
+        seq=None if data.get("seq") is None else str(data["seq"]), frames=data.get("frames"),
+        stride=int(data.get("stride", 1)),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import yaml
+
+    from cmirl_ros.config import load_yaml, resolve_config
+    from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.models import build_model, resolve_device, save_checkpoint
+    from cmirl_ros.training.augment import AugmentConfig
+    from cmirl_ros.training.data import StridedDataset, TrainingFrames
+    from cmirl_ros.training.pairs import PairRule
+    from cmirl_ros.training.trainer import Trainer, TrainSettings, init_distributed
+
+    set_torch_threads()
+    config_path = resolve_config(args.config, "train")
+    cfg = load_yaml(config_path)
+    if "model" not in cfg:
+        raise ValueError(f"{config_path}: missing 'model' (a config name under config/models/ or a path)")
+    settings = TrainSettings.from_config(cfg)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+        settings.max_steps = args.max_steps
+    d = data_args(cfg, args, config_path)
+    dataset = open_dataset(d)
+    if d.stride > 1:
+        dataset = StridedDataset(dataset, d.stride)
+
+    device = resolve_device(args.device)
+    env = init_distributed(device)
+    if device.type == "cuda" and env.world > 1:
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    torch.manual_seed(settings.seed)  # identical initial weights on every rank
+    model = build_model(cfg["model"])
+    frames = TrainingFrames(dataset, model.preprocessing, AugmentConfig.from_config(cfg.get("augment")),
+                            settings.cloud_probability)
+    trainer = Trainer(model, frames, PairRule.from_config(cfg.get("pairs") or {}), settings, args.out, device,
+                      save_model=save_checkpoint, env=env)
+    if args.resume and trainer.resume():
+        print(f"resumed from {args.out} at step {trainer.step}")
+    elif not args.resume and (args.out / "train_state.pt").exists():
+        raise ValueError(f"{args.out}: holds a training run already; pass --resume or choose another --out")
+    if env.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        used = {**cfg, "data": {k: str(v) if isinstance(v, Path) else v for k, v in vars(d).items()}}
+        (args.out / "train_config.yaml").write_text(yaml.safe_dump(used, sort_keys=False))
+    summary = trainer.fit(progress=not args.no_progress)
+    if env.is_main:
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; final loss {summary['final_loss']:.4f}; "
+              f"model in {args.out}")
+    return 0

@@ -1,0 +1,63 @@
+"""Evaluation pipeline: query descriptors from a dataset, map entries from a map database,
+both protocols, and the tables of the CMIRL paper (main, ablations, conditions)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmirl_ros.evaluation.metrics import PROTOCOLS, RetrievalResult, evaluate_protocols
+
+
+@dataclass
+class MapSide:
+    descriptors: np.ndarray  # (M,D)
+    poses: np.ndarray  # (M,4,4) T_world_cam
+    stamps: np.ndarray  # (M,)
+
+    @classmethod
+    def from_database(cls, mapdb) -> "MapSide":
+        keyframes = mapdb.keyframes
+        poses = np.stack([keyframes.pose(i) for i in range(len(keyframes))]) if len(keyframes) else np.zeros((0, 4, 4))
+        return cls(np.asarray(mapdb.descriptors, np.float32), poses, np.asarray(keyframes.stamps, np.float64))
+
+
+@dataclass
+class QuerySide:
+    descriptors: np.ndarray
+    poses: np.ndarray
+    stamps: np.ndarray
+
+
+def encode_queries(model, dataset, with_scan: bool = False, chunk: int = 32, progress: bool = True) -> QuerySide:
+    """Images (and, with `with_scan`, their scans) of every selected frame -> descriptors."""
+    from tqdm import tqdm
+
+    from cmirl_ros.models import describe
+
+    pre = model.preprocessing
+    out = []
+    for start in tqdm(range(0, len(dataset), chunk), desc="queries", disable=not progress, leave=False):
+        frames = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
+        for f in frames:
+            if f.image is None:
+                raise ValueError(f"{dataset.name} frame {f.name}: no image to use as a query")
+            if with_scan and f.points is None:
+                raise ValueError(f"{dataset.name} frame {f.name}: --with-scan needs a scan for every query")
+        images = np.stack([pre.image(f.image) for f in frames])
+        depths = np.stack([pre.sparse_depth(f.points, f.calib) for f in frames]) if with_scan else None
+        out.append(describe(model, images=images, depths=depths, batch_size=chunk))
+    dim = getattr(model, "descriptor_dim", 0)
+    descriptors = np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    return QuerySide(descriptors, np.asarray(dataset.poses), np.asarray(dataset.stamps))
+
+
+def score(queries: QuerySide, map_side: MapSide, radius: float, axes=None, angle_deg: float | None = None,
+          exclude_seconds: float = 30.0, protocols=PROTOCOLS, max_n: int = 25) -> dict[str, RetrievalResult]:
+    if len(queries.descriptors) == 0:
+        raise ValueError("no queries: the frame selection is empty")
+    return evaluate_protocols(
+        queries.descriptors, map_side.descriptors, queries.poses, map_side.poses, queries.stamps, map_side.stamps,
+        radius=radius, axes=axes, max_angle_deg=angle_deg, exclude_seconds=exclude_seconds,
+        protocols=protocols, max_n=max_n,
+    )

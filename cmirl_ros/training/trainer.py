@@ -1,0 +1,335 @@
+"""The training loop: hard-aware lazy triplet loss with modality dropout.
+
+One step: B anchors (query side: image, image+depth or depth, drawn per step so that
+every subset lands in one descriptor space), one positive scan per anchor (map side:
+depth only, as the map is built), and negatives = the other anchors' positives that are
+negatives of this anchor (batch mining) + the H hardest negatives of the descriptor
+cache (every training frame's image and scan descriptors, refreshed each epoch).
+
+Runs on one process or under `torchrun` (DistributedDataParallel, env:// rendezvous);
+AMP on CUDA; checkpoints are atomic and hold everything needed to resume.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cmirl_ros.evaluation.metrics import evaluate_retrieval
+from cmirl_ros.training.augment import AugmentConfig
+from cmirl_ros.training.data import TrainingFrames
+from cmirl_ros.training.loss import hardest_negatives, lazy_triplet_loss
+from cmirl_ros.training.pairs import PairRule, place_relations
+
+MODALITIES = ("image", "depth", "image+depth")
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.csv"
+LOG_FIELDS = ("step", "epoch", "loss", "active", "lr", "modality", "cache_recall@1", "seconds")
+
+
+@dataclass
+class TrainSettings:
+    """The `train:` / `loss:` / `optim:` part of a training config (config/train/*.yaml)."""
+
+    batch_size: int = 8
+    max_steps: int = 1000
+    steps_per_epoch: int = 100
+    seed: int = 0
+    margin: float = 0.5
+    cache_negatives: int = 2  # hardest negatives per anchor taken from the descriptor cache
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    amp: bool = True  # only takes effect on CUDA
+    freeze_batchnorm: bool = True  # small batches: keep the pretrained BN statistics
+    cloud_probability: float = 0.5  # share of scans moved by a random rigid motion
+    checkpoint_every: int = 100
+    cache_batch_size: int = 16
+    modality_weights: dict = field(default_factory=lambda: {"image": 0.5, "depth": 0.1, "image+depth": 0.4})
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TrainSettings":
+        merged = {**cfg.get("train", {}), **cfg.get("loss", {}), **cfg.get("optim", {})}
+        unknown = set(merged) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"training config: unknown keys {sorted(unknown)} under train/loss/optim")
+        settings = cls(**merged)
+        bad = set(settings.modality_weights) - set(MODALITIES)
+        if bad or not settings.modality_weights:
+            raise ValueError(f"modality_weights: keys must be among {MODALITIES}, got {sorted(settings.modality_weights)}")
+        return settings
+
+
+class TripletForward(nn.Module):
+    """Both forwards of a step in one module call, so DistributedDataParallel sees one forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, anchor_image, anchor_depth, map_depth):
+        return self.model(image=anchor_image, depth=anchor_depth), self.model(depth=map_depth)
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class Trainer:
+    def __init__(self, model, frames: TrainingFrames, rule: PairRule, settings: TrainSettings, out_dir: Path,
+                 device: torch.device, save_model, env: DistEnv | None = None):
+        self.model = model.to(device)
+        self.frames = frames
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.save_model = save_model  # callable(model, directory): the shipped-model layout
+        self.env = env or DistEnv()
+        self.positives, self.negatives = place_relations(frames.dataset.poses, rule, frames.dataset.ground_axes)
+        np.fill_diagonal(self.negatives, False)
+        self.eligible = np.flatnonzero(self.positives.any(1) & self.negatives.any(1))
+        if len(self.eligible) == 0:
+            raise ValueError(
+                f"{frames.dataset.name}: no frame has both a positive (< {rule.positive_distance}) and a negative "
+                f"(> {rule.negative_distance}); widen the frame range or change the pair thresholds"
+            )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, settings.max_steps), eta_min=settings.min_lr
+        )
+        self.use_amp = settings.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        seed = settings.seed + 1000 * self.env.rank
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cache_query: np.ndarray | None = None
+        self.cache_map: np.ndarray | None = None
+        self.cache_recall = float("nan")
+        self.net = TripletForward(self.model)
+        if self.env.world > 1:
+            ids = [self.env.local_rank] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True)
+
+    # ---- descriptor cache ----
+    @torch.no_grad()
+    def refresh_cache(self, progress: bool = True) -> None:
+        """Image and scan descriptors of every training frame with the current weights.
+
+        Under DDP each rank encodes a share and an all-reduce assembles the table.
+        """
+        from tqdm import tqdm
+
+        n, bs = len(self.frames), self.settings.cache_batch_size
+        mine = np.arange(self.env.rank, n, self.env.world)
+        self.model.eval()
+        query, scan = None, None
+        chunks = range(0, len(mine), bs)
+        for start in tqdm(chunks, desc="descriptor cache", disable=not (progress and self.env.is_main), leave=False):
+            idx = mine[start : start + bs]
+            images = torch.stack([self.frames.image(i) for i in idx]).to(self.device)
+            depths = torch.stack([self.frames.depth(i) for i in idx]).to(self.device)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                q = self.model(image=images).float()
+                m = self.model(depth=depths).float()
+            if query is None:
+                query = torch.zeros((n, q.shape[1]), device=self.device)
+                scan = torch.zeros((n, m.shape[1]), device=self.device)
+            query[idx], scan[idx] = q, m
+        if self.env.world > 1:
+            dist.all_reduce(query)
+            dist.all_reduce(scan)
+        self.cache_query, self.cache_map = query.cpu().numpy(), scan.cpu().numpy()
+        # Free training-set check: cached images against cached scans, paper protocol.
+        result = evaluate_retrieval(self.cache_query, self.cache_map, self.positives)
+        self.cache_recall = result.recall_at_1
+        _set_train_mode(self.model, self.settings.freeze_batchnorm)
+
+    # ---- one step ----
+    def _draw_modality(self) -> str:
+        names = list(self.settings.modality_weights)
+        weights = np.array([self.settings.modality_weights[k] for k in names], dtype=np.float64)
+        return names[self.rng.choice(len(names), p=weights / weights.sum())]
+
+    def _draw_batch(self):
+        s = self.settings
+        anchors = self.rng.choice(self.eligible, size=s.batch_size, replace=len(self.eligible) < s.batch_size)
+        positives = np.array([self.rng.choice(np.flatnonzero(self.positives[a])) for a in anchors])
+        hard = np.zeros((len(anchors), 0), dtype=np.int64)
+        if s.cache_negatives > 0:
+            hard = hardest_negatives(self.cache_query[anchors], self.cache_map, self.negatives[anchors], s.cache_negatives)
+            for row, a in enumerate(anchors):  # rows short of negatives: fill with random ones
+                missing = hard[row] < 0
+                if missing.any():
+                    hard[row, missing] = self.rng.choice(np.flatnonzero(self.negatives[a]), size=missing.sum())
+        return anchors, positives, hard
+
+    def train_step(self) -> dict:
+        s = self.settings
+        anchors, positives, hard = self._draw_batch()
+        modality = self._draw_modality()
+        b, h = len(anchors), hard.shape[1]
+        image = depth = None
+        if "image" in modality:
+            image = torch.stack([self.frames.augmented_image(i, self.generator) for i in anchors]).to(self.device)
+        if "depth" in modality:
+            depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in anchors]).to(self.device)
+        map_ids = np.concatenate([positives, hard.reshape(-1)])
+        map_depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in map_ids]).to(self.device)
+
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            anchor_desc, map_desc = self.net(image, depth, map_depth)
+        anchor_desc, map_desc = anchor_desc.float(), map_desc.float()
+        pos_desc = map_desc[:b]
+        hard_desc = map_desc[b:].reshape(b, h, -1)
+        # Batch negatives: every anchor's positive scan that is a negative of this anchor.
+        batch_mask = torch.from_numpy(self.negatives[np.ix_(anchors, positives)]).to(self.device)
+        negs = torch.cat([pos_desc[None].expand(b, b, -1), hard_desc], dim=1)
+        mask = torch.cat([batch_mask, torch.ones((b, h), dtype=torch.bool, device=self.device)], dim=1)
+        loss = lazy_triplet_loss(anchor_desc, pos_desc, negs, s.margin, mask)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        with torch.no_grad():
+            d_pos = ((anchor_desc - pos_desc) ** 2).sum(-1, keepdim=True)
+            d_neg = ((negs - anchor_desc[:, None]) ** 2).sum(-1).masked_fill(~mask, float("inf"))
+            active = (d_neg < d_pos + s.margin).any(1).float().mean().item()
+        return {"loss": float(loss.item()), "active": active, "modality": modality}
+
+    # ---- checkpoints ----
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": self.generator.get_state(),
+            "numpy_rng": torch.tensor(np.frombuffer(_numpy_rng_bytes(self.rng), dtype=np.uint8)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["torch_rng"])
+        self.rng = _numpy_rng_from_bytes(state["numpy_rng"].numpy().tobytes())
+        self.step = int(state["step"])
+
+    def save(self) -> None:
+        """Trainer state first, then the model in the shipped layout; both atomic."""
+        if not self.env.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(self.state_dict(), self.out_dir / STATE_FILE)
+        self.save_model(self.model, self.out_dir)
+
+    def resume(self) -> bool:
+        path = self.out_dir / STATE_FILE
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which
+            raise ValueError(f"{path}: cannot read the training state ({e})") from None
+        self.load_state_dict(state)
+        return True
+
+    # ---- the loop ----
+    def fit(self, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        s = self.settings
+        log_path = self.out_dir / LOG_FILE
+        if self.env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            new_log = not log_path.is_file() or self.step == 0
+            log_file = log_path.open("w" if new_log else "a", newline="")
+            writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+            if new_log:
+                writer.writeheader()
+        started = time.monotonic()
+        _set_train_mode(self.model, s.freeze_batchnorm)
+        bar = tqdm(total=s.max_steps, initial=self.step, desc="train", disable=not (progress and self.env.is_main))
+        last = {"loss": math.nan}
+        try:
+            while self.step < s.max_steps:
+                if self.cache_query is None or self.step % s.steps_per_epoch == 0:
+                    self.refresh_cache(progress)
+                last = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", cache_r1=f"{self.cache_recall:.2f}")
+                if self.env.is_main:
+                    writer.writerow({
+                        "step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": f"{last['loss']:.5f}",
+                        "active": f"{last['active']:.3f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3g}",
+                        "modality": last["modality"], "cache_recall@1": f"{self.cache_recall:.4f}",
+                        "seconds": f"{time.monotonic() - started:.1f}",
+                    })
+                    log_file.flush()
+                if self.step % s.checkpoint_every == 0 or self.step == s.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+            if self.env.is_main:
+                log_file.close()
+        return {"steps": self.step, "final_loss": last["loss"], "seconds": time.monotonic() - started}
+
+
+def _numpy_rng_bytes(rng: np.random.Generator) -> bytes:
+    import json
+
+    return json.dumps(rng.bit_generator.state).encode()
+
+
+def _numpy_rng_from_bytes(data: bytes) -> np.random.Generator:
+    import json
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(data.decode())
+    return rng
