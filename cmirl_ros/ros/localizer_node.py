@@ -92,8 +92,8 @@ class LocalizerNode(LifecycleNode):
         self.params: dict = {}
         self._localizer = None
         self._model = None
-        self._publishers: dict = {}
-        self._subscriptions: list = []
+        self._outputs: dict = {}
+        self._inputs: list = []
         self._slot = LatestSlot()
         self._synchronizer: ImageScanSynchronizer | None = None
         self._worker: threading.Thread | None = None
@@ -158,9 +158,9 @@ class LocalizerNode(LifecycleNode):
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
-        for publisher in self._publishers.values():
+        for publisher in self._outputs.values():
             self.destroy_publisher(publisher)
-        self._publishers = {}
+        self._outputs = {}
         self._localizer = self._model = None
 
     def stop_worker(self) -> None:
@@ -202,16 +202,16 @@ class LocalizerNode(LifecycleNode):
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         p = self.params
-        self._publishers = {"match": self.create_publisher(PoseWithCovarianceStamped, "~/match", reliable)}
+        self._outputs = {"match": self.create_publisher(PoseWithCovarianceStamped, "~/match", reliable)}
         if p["publish_candidates"]:
-            self._publishers["candidates"] = self.create_publisher(PoseArray, "~/candidates", reliable)
+            self._outputs["candidates"] = self.create_publisher(PoseArray, "~/candidates", reliable)
         if p["publish_loop_closure"]:
-            self._publishers["loop_closure"] = self.create_publisher(Float64MultiArray, "~/loop_closure", reliable)
+            self._outputs["loop_closure"] = self.create_publisher(Float64MultiArray, "~/loop_closure", reliable)
         if p["publish_markers"]:
-            self._publishers["markers"] = self.create_publisher(MarkerArray, "~/markers", reliable)
-            self._publishers["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
+            self._outputs["markers"] = self.create_publisher(MarkerArray, "~/markers", reliable)
+            self._outputs["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
         if p["publish_debug_image"]:
-            self._publishers["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+            self._outputs["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
 
     def _subscribe(self) -> None:
         p = self.params
@@ -219,15 +219,15 @@ class LocalizerNode(LifecycleNode):
         self._synchronizer = None
         if p["use_scan"]:
             self._synchronizer = ImageScanSynchronizer(float(p["sync_slop"]), self._on_synchronized)
-            self._subscriptions.append(self.create_subscription(PointCloud2, p["points_topic"], self._on_points, qos))
+            self._inputs.append(self.create_subscription(PointCloud2, p["points_topic"], self._on_points, qos))
         if p["use_camera_info"]:
-            self._subscriptions.append(self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos))
-        self._subscriptions.append(self.create_subscription(Image, p["image_topic"], self._on_image, qos))
+            self._inputs.append(self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos))
+        self._inputs.append(self.create_subscription(Image, p["image_topic"], self._on_image, qos))
 
     def _unsubscribe(self) -> None:
-        for subscription in self._subscriptions:
+        for subscription in self._inputs:
             self.destroy_subscription(subscription)
-        self._subscriptions = []
+        self._inputs = []
 
     # ------------------------------------------------------------------ inputs (executor thread)
     def _reject(self, kind: str, error: Exception) -> None:
@@ -326,7 +326,7 @@ class LocalizerNode(LifecycleNode):
         self.counts["answered"] += 1
 
     def _publish(self, name: str, msg) -> None:
-        publisher = self._publishers.get(name)
+        publisher = self._outputs.get(name)
         if publisher is not None:
             publisher.publish(msg() if callable(msg) else msg)
 
@@ -340,11 +340,11 @@ class LocalizerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ outputs
     def _publish_keyframe_markers(self) -> None:
-        if "map_markers" not in self._publishers:
+        if "map_markers" not in self._outputs:
             return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params["map_frame"])
         marker = messages.keyframe_markers(header, self._localizer.mapdb.keyframes.positions)
-        self._publishers["map_markers"].publish(MarkerArray(markers=[marker]))
+        self._outputs["map_markers"].publish(MarkerArray(markers=[marker]))
 
     def diagnostics_values(self) -> dict:
         summary = self._stats.summary()

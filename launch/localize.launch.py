@@ -1,0 +1,55 @@
+"""Start the cmirl_ros localizer: `ros2 launch cmirl_ros localize.launch.py map:=/path/to/map`.
+
+Launch arguments: params_file (default: the package's config/localize.yaml), model, map,
+use_sim_time, namespace, and image_topic / camera_info_topic / points_topic, which remap the
+node's default input topics. Written for ROS 2 Jazzy and Kilted.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+# The node's default input topics (config/localize.yaml), remapped to the launch arguments.
+INPUTS = {
+    "image_topic": "/camera/image",
+    "camera_info_topic": "/camera/camera_info",
+    "points_topic": "/lidar/points",
+}
+
+
+def generate_launch_description():
+    arguments = [
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution([FindPackageShare("cmirl_ros"), "config", "localize.yaml"]),
+            description="node parameters (YAML)",
+        ),
+        DeclareLaunchArgument("model", default_value="cmirl_driving", description="model name or checkpoint path"),
+        DeclareLaunchArgument("map", description="map directory built by `cmirl map build`"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+    ]
+    arguments += [
+        DeclareLaunchArgument(name, default_value=topic, description=f"topic remapped onto {topic}")
+        for name, topic in INPUTS.items()
+    ]
+    localizer = Node(
+        package="cmirl_ros",
+        executable="localizer",
+        name="localizer",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
+                "map": ParameterValue(LaunchConfiguration("map"), value_type=str),
+                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+            },
+        ],
+        remappings=[(topic, LaunchConfiguration(name)) for name, topic in INPUTS.items()],
+    )
+    return LaunchDescription(arguments + [localizer])
