@@ -1,0 +1,155 @@
+"""Checkpoints: safetensors weights with the config, preprocessing and hashes embedded.
+
+Layout of a checkpoint directory (what `models/NAME/` holds):
+    model.safetensors   weights + metadata (authoritative): format, config (JSON), config_hash,
+                        weights_sha256, fingerprint, preprocessing (JSON), extra (JSON)
+    config.yaml         a readable copy of the embedded config
+A single `*.safetensors` file with that metadata is a checkpoint too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from cmirl_ros.models.inference import resolve_device
+from cmirl_ros.models.place_model import PlaceModel, architecture, build_model, config_hash, load_model_config
+
+FORMAT = "cmirl_ros.place_model/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: PlaceModel) -> str:
+    """`NAME-<16 hex>`: changes with the architecture config or any weight; what maps record."""
+    combined = hashlib.sha256(f"{config_hash(model.config)}:{weights_sha256(model)}".encode()).hexdigest()
+    return f"{model.name}-{combined[:16]}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: PlaceModel, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
+    """Write `path/model.safetensors` + `path/config.yaml` (or one file if `path` ends in .safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    weights_path = path if path.suffix == ".safetensors" else path / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "name": model.name,
+        "config": json.dumps(model.config, sort_keys=True),
+        "config_hash": config_hash(model.config),
+        "weights_sha256": weights_sha256(model),
+        "fingerprint": model_fingerprint(model),
+        "preprocessing": json.dumps(model.preprocessing.to_dict(), sort_keys=True),
+        "extra": json.dumps(extra_metadata or {}, sort_keys=True, default=str),
+    }
+    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    if weights_path.parent == path:
+        text = yaml.safe_dump(model.config, sort_keys=False)
+        _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return weights_path
+
+
+def _weights_file(path: Path) -> Path:
+    weights_path = path / WEIGHTS_FILE if path.is_dir() else path
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: checkpoint weights not found")
+    return weights_path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (state dict, metadata with 'config', 'preprocessing', 'extra' decoded)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    weights_path = _weights_file(Path(path))
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        state = load_file(str(weights_path))
+    except Exception as e:
+        raise ValueError(f"{weights_path}: not a readable safetensors checkpoint: {e}") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{weights_path}: not a cmirl_ros checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    for key in ("config", "preprocessing", "extra"):
+        metadata[key] = json.loads(metadata[key])
+    return state, metadata
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b)) for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} vs {b!r}"]
+
+
+def _apply(model: PlaceModel, state: dict[str, torch.Tensor], metadata: dict[str, Any], origin: Path) -> None:
+    if metadata["config_hash"] != config_hash(model.config):
+        diff = _differences(architecture(metadata["config"]), architecture(model.config))
+        raise ValueError(
+            f"{origin}: checkpoint of config '{metadata['name']}' does not fit model "
+            f"'{model.name}'; differences (checkpoint vs model): {'; '.join(diff[:8])}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: PlaceModel, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's weights into `model`; refuses one saved from a different architecture."""
+    state, metadata = read_checkpoint(path)
+    _apply(model, state, metadata, _weights_file(Path(path)))
+    return metadata
+
+
+def _shipped_model_dir(name: str) -> Path | None:
+    from cmirl_ros.paths import models_dir
+
+    try:
+        candidate = models_dir() / name
+    except FileNotFoundError:
+        return None
+    return candidate if (candidate / WEIGHTS_FILE).is_file() else None
+
+
+def load_model(name_or_path: str | Path, device: str = "auto") -> PlaceModel:
+    """A checkpoint directory/file, a shipped model (models/NAME/), or a config name (untrained) -> model in eval mode."""
+    path = Path(name_or_path).expanduser()
+    if path.exists() and path.suffix not in (".yaml", ".yml"):
+        source = path
+    else:
+        source = _shipped_model_dir(str(name_or_path))
+    if source is not None:
+        state, metadata = read_checkpoint(source)
+        model = build_model(metadata["config"], load_pretrained=False)
+        _apply(model, state, metadata, _weights_file(source))
+    else:
+        try:
+            model = build_model(load_model_config(name_or_path))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"'{name_or_path}' is neither a checkpoint, a shipped model nor a model config ({e})") from None
+    return model.to(resolve_device(device)).eval()
