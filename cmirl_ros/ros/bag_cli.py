@@ -1,11 +1,108 @@
-"""Placeholder until its issue lands."""
-HELP = "(not built yet)"
+"""`cmirl bag`: write KITTI sequences as rosbag2 (mcap), replay bags into ROS 2, evaluate the node on a bag."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "rosbag2 tools: from-kitti, play, eval"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bag_command", required=True)
+
+    convert = sub.add_parser("from-kitti", help="KITTI odometry layout (real or simulated) -> rosbag2 (mcap)")
+    convert.add_argument("--root", type=Path, required=True, help="KITTI root (sequences/XX, poses/XX.txt)")
+    convert.add_argument("--seq", required=True, help="sequence id, e.g. 00")
+    convert.add_argument("--frames", default=None, help="frame range A:B")
+    convert.add_argument("--out", type=Path, required=True,
+                         help="bag to write: a rosbag2 directory (OUT.mcap names the directory OUT holding OUT.mcap)")
+    convert.set_defaults(bag_run=_run_from_kitti)
+
+    play = sub.add_parser("play", help="replay a bag into the live ROS 2 graph")
+    play.add_argument("path", type=Path, help="rosbag2 directory or its .mcap file")
+    play.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    play.add_argument("--loop", action="store_true", help="start over at the end")
+    play.add_argument("--clock", action="store_true", help="publish /clock from the bag times (use_sim_time)")
+    play.add_argument("--topics", nargs="+", default=None, help="only these topics")
+    play.add_argument("--wait-for", nargs="+", default=None, metavar="TOPIC",
+                      help="wait until these topics have a subscriber before playing")
+    play.set_defaults(bag_run=_run_play)
+
+    evaluate = sub.add_parser("eval", help="start the node, play the bag, score its outputs against ground truth")
+    evaluate.add_argument("path", type=Path, help="rosbag2 directory or its .mcap file (with ground-truth odometry)")
+    evaluate.add_argument("--map", type=Path, required=True, help="map directory (cmirl map build)")
+    evaluate.add_argument("--model", default="cmirl_driving", help="model the map was built with")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    evaluate.add_argument("--use-scan", action="store_true", help="query with image + live scan")
+    evaluate.add_argument("--radius", type=float, default=10.0, help="a match is correct within this distance (m)")
+    evaluate.add_argument("--exclude-seconds", type=float, default=30.0, help="revisit protocol time window (s)")
+    evaluate.add_argument("--json", type=Path, default=None, help="write the result here")
+    evaluate.set_defaults(bag_run=_run_eval)
 
 
-def run(args):
-    print("cmirl: this command is not built yet")
-    return 1
+def run(args: argparse.Namespace) -> int:
+    return args.bag_run(args)
+
+
+def _run_from_kitti(args) -> int:
+    from cmirl_ros.datasets.base import parse_frames
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros.bag_writer import write_bag_from_dataset
+
+    dataset = KittiSequence(args.root, args.seq, parse_frames(args.frames))
+    out = write_bag_from_dataset(dataset, args.out)
+    print(f"wrote {len(dataset)} frames of {dataset.name} to the rosbag2 (mcap) bag {out}")
+    return 0
+
+
+def _run_play(args) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from cmirl_ros.ros.bag_player import play
+
+    rclpy.init()
+    node = rclpy.create_node("cmirl_bag_player")
+    try:
+        stats = play(node, args.path, rate=args.rate, loop=args.loop, clock=args.clock, topics=args.topics,
+                     wait_for=args.wait_for)
+        counts = ", ".join(f"{topic} {n}" for topic, n in sorted(stats.published.items()))
+        print(f"played {args.path} in {stats.wall_seconds:.1f} s: {counts}")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        print("bag play: interrupted")
+    except RuntimeError as e:
+        raise ValueError(f"{args.path}: {e}") from None
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def _run_eval(args) -> int:
+    from cmirl_ros.ros.bag_eval import evaluate_bag
+
+    if not args.map.is_dir():
+        raise FileNotFoundError(f"{args.map}: map directory not found")
+    result = evaluate_bag(args.path, args.map, args.model, rate=args.rate, radius=args.radius,
+                          exclude_seconds=args.exclude_seconds, use_scan=args.use_scan, device=args.device)
+    print(format_result(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def format_result(result: dict) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        f"answered {result['queries_answered']}/{result['images_played']} queries "
+        f"({pct(result['answered_fraction'])}), latency p50 {result['latency_ms_p50']} ms, p95 {result['latency_ms_p95']} ms",
+    ]
+    for name, protocol in result["protocols"].items():
+        lines.append(f"{name:8s} Recall@1 {pct(protocol['recall@1'])}  Recall@1% (top {protocol['k_1_percent']}) "
+                     f"{pct(protocol['recall@1%'])}  over {protocol['queries']} queries")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Replay a rosbag2 recording into the live ROS graph: rosbags reads raw CDR, rclpy publishes it as is.
+
+No deserialisation on the way: the bytes in the bag are exactly what the publisher sends.
+Topics whose message package is not installed here (tf2_msgs) are skipped with a notice.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from cmirl_ros.datasets.bag import resolve_bag_path
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when the package is missing."""
+    package, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+@dataclass
+class PlayStats:
+    published: dict = field(default_factory=dict)  # topic -> count
+    skipped_topics: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def _qos_for(topic: str) -> QoSProfile:
+    if topic in ("/tf_static",):
+        return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def wait_for_subscribers(publishers: dict, topics: list[str], timeout: float) -> list[str]:
+    """Block until each topic in `topics` has a matched subscriber; returns those still without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = [t for t in topics if t in publishers and publishers[t].get_subscription_count() == 0]
+        if not waiting or time.monotonic() > deadline:
+            return waiting
+        time.sleep(0.05)
+
+
+def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = False,
+         topics: list[str] | None = None, wait_for: list[str] | None = None, wait_timeout: float = 30.0,
+         log=print) -> PlayStats:
+    """Publish the bag's messages with their original spacing divided by `rate`.
+
+    `clock`: also publish /clock with the bag time of each message (for nodes with use_sim_time).
+    `wait_for`: topics that must have a subscriber before playback starts (so nothing is lost).
+    """
+    from rosbags.rosbag2 import Reader
+    from rosgraph_msgs.msg import Clock
+
+    if rate <= 0:
+        raise ValueError(f"--rate must be > 0, got {rate}")
+    stats = PlayStats()
+    with Reader(resolve_bag_path(path)) as reader:
+        publishers, connections = {}, []
+        for connection in reader.connections:
+            if topics and connection.topic not in topics:
+                continue
+            cls = message_class(connection.msgtype)
+            if cls is None:
+                stats.skipped_topics.append(connection.topic)
+                log(f"bag play: skipping {connection.topic} ({connection.msgtype} is not installed)")
+                continue
+            if connection.topic not in publishers:
+                publishers[connection.topic] = node.create_publisher(cls, connection.topic, _qos_for(connection.topic))
+            connections.append(connection)
+        if not connections:
+            raise ValueError(f"{path}: nothing to play (topics: {', '.join(c.topic for c in reader.connections)})")
+        clock_publisher = node.create_publisher(Clock, "/clock", 10) if clock else None
+        if wait_for:
+            missing = wait_for_subscribers(publishers, wait_for, wait_timeout)
+            if missing:
+                raise RuntimeError(f"no subscriber on {', '.join(missing)} after {wait_timeout:.0f} s")
+        started = time.monotonic()
+        while True:
+            _play_once(reader, connections, publishers, clock_publisher, rate, stats)
+            if not loop:
+                break
+        stats.wall_seconds = time.monotonic() - started
+    return stats
+
+
+def _play_once(reader, connections, publishers, clock_publisher, rate: float, stats: PlayStats) -> None:
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    first_time = None
+    start_wall = time.monotonic()
+    for connection, bag_time, raw in reader.messages(connections=connections):
+        if first_time is None:
+            first_time = bag_time
+        due = start_wall + (bag_time - first_time) * 1e-9 / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if clock_publisher is not None:
+            clock_publisher.publish(Clock(clock=Time(sec=bag_time // 1_000_000_000, nanosec=bag_time % 1_000_000_000)))
+        publishers[connection.topic].publish(bytes(raw))
+        stats.published[connection.topic] = stats.published.get(connection.topic, 0) + 1
