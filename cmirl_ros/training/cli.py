@@ -50,6 +50,13 @@ def resolve_root(root: str | Path) -> Path:
     return beside_source if beside_source.exists() else root
 
 
+def model_config(spec, config_path: Path):
+    """A `.yaml` model path in a training config is relative to that config file."""
+    if isinstance(spec, str) and spec.endswith((".yaml", ".yml")) and (config_path.parent / spec).is_file():
+        return str(config_path.parent / spec)
+    return spec
+
+
 def data_args(cfg: dict, args: argparse.Namespace, config_path: Path) -> argparse.Namespace:
     data = dict(cfg.get("data") or {})
     for key in ("dataset", "root", "seq", "frames"):
@@ -98,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
     torch.manual_seed(settings.seed)  # identical initial weights on every rank
-    model = build_model(cfg["model"])
+    model = build_model(model_config(cfg["model"], config_path))
     frames = TrainingFrames(dataset, model.preprocessing, AugmentConfig.from_config(cfg.get("augment")),
                             settings.cloud_probability)
     trainer = Trainer(model, frames, PairRule.from_config(cfg.get("pairs") or {}), settings, args.out, device,

@@ -53,6 +53,7 @@ class TrainSettings:
     cloud_probability: float = 0.5  # share of scans moved by a random rigid motion
     checkpoint_every: int = 100
     cache_batch_size: int = 16
+    init_centroids: int = 32  # frames whose features seed NetVLAD by k-means at step 0 (0 = off)
     modality_weights: dict = field(default_factory=lambda: {"image": 0.5, "depth": 0.1, "image+depth": 0.4})
 
     @classmethod
@@ -146,10 +147,21 @@ class Trainer:
         self.cache_query: np.ndarray | None = None
         self.cache_map: np.ndarray | None = None
         self.cache_recall = float("nan")
+        if settings.init_centroids > 0 and hasattr(self.model, "init_centroids"):
+            self._init_centroids(settings.init_centroids)
         self.net = TripletForward(self.model)
-        if self.env.world > 1:
+        if self.env.world > 1:  # DDP broadcasts rank 0's initial weights to every rank
             ids = [self.env.local_rank] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True)
+
+    @torch.no_grad()
+    def _init_centroids(self, count: int) -> None:
+        """NetVLAD centres from k-means of fused image+depth features of evenly spread frames."""
+        idx = np.linspace(0, len(self.frames) - 1, min(count, len(self.frames))).astype(int)
+        images = torch.stack([self.frames.image(i) for i in idx]).to(self.device)
+        depths = torch.stack([self.frames.depth(i) for i in idx]).to(self.device)
+        self.model.eval()
+        self.model.init_centroids(image=images, depth=depths)
 
     # ---- descriptor cache ----
     @torch.no_grad()
