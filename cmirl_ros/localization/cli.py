@@ -1,11 +1,112 @@
-"""Placeholder until its issue lands."""
-HELP = "(not built yet)"
+"""`cmirl localize`: offline localization of a dataset's images against a map, with recall."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "localize a dataset's frames against a map database; writes matches and recall"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cmirl_ros.datasets import add_dataset_args
+
+    parser.add_argument("--map", type=Path, required=True, help="map directory (cmirl map build)")
+    add_dataset_args(parser)
+    parser.add_argument("--model", default=None, help="model (default: the map's model name)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--score-threshold", type=float, default=-1.0, help="drop matches below this cosine score")
+    parser.add_argument("--exclude-seconds", type=float, default=0.0,
+                        help="skip keyframes of the same session within this many seconds (revisit protocol)")
+    parser.add_argument("--rerank", default="none", help="none | exact | query_expansion")
+    parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
+    parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
+    parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
+    parser.add_argument("--json", type=Path, default=None, help="write per-query matches and the summary here")
 
 
-def run(args):
-    print("cmirl: this command is not built yet")
-    return 1
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.localization import Localizer, LocalizerConfig
+    from cmirl_ros.mapdb import MapDatabase
+    from cmirl_ros.mapdb.database import read_manifest
+    from cmirl_ros.models import load_model, model_fingerprint
+
+    if args.every < 1:
+        raise ValueError(f"--every must be >= 1, got {args.every}")
+    dataset = open_dataset(args)
+    if not args.map.is_dir():
+        raise FileNotFoundError(f"{args.map}: map directory not found")
+    model = load_model(args.model or read_manifest(args.map).get("model", {}).get("name"), device=args.device)
+    mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
+    config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
+                             exclude_session=dataset.name, rerank=args.rerank)
+    localizer = Localizer(model, mapdb, config)
+    map_poses = mapdb.keyframes.poses()
+    queries = []
+    for i in tqdm(range(0, len(dataset), args.every), desc="localize", unit="frame"):
+        frame = dataset[i]
+        if frame.image is None:
+            raise ValueError(f"dataset {dataset.name}: frame {frame.name} has no image to localize")
+        result = localizer.localize(frame.image, frame.points if args.with_scan else None, frame.stamp, frame.calib)
+        queries.append(_query_record(frame, result, mapdb.keyframes, map_poses, dataset, args))
+    summary = summarize(queries, args.top_k)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"map": str(args.map), "model": model_fingerprint(model), "dataset": dataset.name,
+                  "config": config.to_dict(), "radius_m": args.radius, "with_scan": args.with_scan,
+                  "summary": summary, "queries": queries}
+        args.json.write_text(json.dumps(report, indent=1, default=_json_number) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
+    """One query: its matches, whether top-1 / any top-k is within the radius, and whether the map
+    holds the place at all once the exclusion window is applied (only those queries count)."""
+    import numpy as np
+
+    from cmirl_ros.geometry.poses import place_distances
+
+    distances = place_distances(frame.T_world_cam[None], map_poses, dataset.ground_axes)[0]
+    reachable = distances < args.radius
+    if args.exclude_seconds > 0:
+        reachable &= ~((np.abs(kf.stamps - frame.stamp) <= args.exclude_seconds) & (kf.sessions == dataset.name))
+    hits = [bool(distances[m.keyframe_id] < args.radius) for m in result.matches]
+    return {
+        "index": frame.index, "name": frame.name, "stamp": frame.stamp,
+        "position": frame.T_world_cam[:3, 3].tolist(),
+        "matches": [dict(m.to_dict(), distance_m=float(distances[m.keyframe_id])) for m in result.matches],
+        "covariance_diag": None if result.covariance is None else np.diag(result.covariance).tolist(),
+        "counted": bool(reachable.any()),
+        "correct_top1": bool(hits[:1] == [True]),
+        "correct_topk": any(hits),
+        "timings_ms": result.timings_ms,
+    }
+
+
+def summarize(queries: list[dict], top_k: int) -> dict:
+    import numpy as np
+
+    counted = [q for q in queries if q["counted"]]
+    timings = {stage: round(float(np.median([q["timings_ms"][stage] for q in queries])), 3)
+               for stage in ("preprocess", "encode", "search")} if queries else {}
+    return {
+        "queries": len(queries),
+        "counted_queries": len(counted),
+        "recall@1": round(float(np.mean([q["correct_top1"] for q in counted])), 4) if counted else None,
+        f"recall@{top_k}": round(float(np.mean([q["correct_topk"] for q in counted])), 4) if counted else None,
+        "median_ms": timings,
+    }
+
+
+def _json_number(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

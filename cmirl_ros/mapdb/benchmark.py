@@ -1,11 +1,146 @@
-"""Placeholder until its issue lands."""
-HELP = "(not built yet)"
+"""`cmirl bench mapdb`: map search latency, recall against exact search, memory and build time.
+
+Descriptors are trajectory-like: each route is a random walk on the unit sphere, so neighbouring
+keyframes are alike as in real maps; queries are noisy copies of random entries. A query counts
+as found when the index's top-1 lies within `--route-window` keyframes (along the same route) of
+exact search's top-1. Latency is single-query (one query per call), as the localizer searches.
+With `--e2e`, also the per-query breakdown preprocess / encode / search of the full localizer
+on CPU with a real model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELP = "map database: search latency p50/p99, recall vs exact, bytes/entry, build time (+ --e2e)"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--entries", type=int, default=100_000, help="map size N")
+    parser.add_argument("--dim", type=int, default=256, help="descriptor size D")
+    parser.add_argument("--index", default="auto", help="flat | hnsw | ivfpq | auto (comma list to compare)")
+    parser.add_argument("--route-length", type=int, default=1000, help="keyframes per synthetic route")
+    parser.add_argument("--step", type=float, default=0.15, help="random-walk step between keyframes")
+    parser.add_argument("--noise", type=float, default=0.6, help="query noise (relative to a unit vector)")
+    parser.add_argument("--queries", type=int, default=1000, help="queries timed one by one and scored")
+    parser.add_argument("--baseline-queries", type=int, default=50, help="single queries timed on exact flat search")
+    parser.add_argument("--route-window", type=int, default=5, help="top-1 within this many keyframes counts as found")
+    parser.add_argument("--threads", type=int, default=2, help="FAISS/BLAS threads")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW beam width at search (default: IndexConfig)")
+    parser.add_argument("--e2e", action="store_true", help="also time preprocess/encode/search with a real model")
+    parser.add_argument("--model", default="cmirl_lite", help="model for --e2e")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
 
 
-def run(args):
-    print("cmirl: this command is not built yet")
-    return 1
+def trajectory_descriptors(entries: int, dim: int, route_length: int, step: float, seed: int) -> np.ndarray:
+    """(N, D) float32 unit vectors; row r*L + t is keyframe t of route r."""
+    rng = np.random.default_rng(seed)
+    routes = -(-entries // route_length)
+    out = np.empty((routes, route_length, dim), dtype=np.float32)
+    x = _normalize(rng.standard_normal((routes, dim), dtype=np.float32))
+    for t in range(route_length):
+        out[:, t] = x
+        x = _normalize(x + step / np.sqrt(dim) * rng.standard_normal((routes, dim), dtype=np.float32))
+    return out.reshape(-1, dim)[:entries]
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _percentiles_ms(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1e3
+    return round(float(np.percentile(ms, 50)), 4), round(float(np.percentile(ms, 99)), 4)
+
+
+def _time_single_queries(db, queries: np.ndarray) -> list[float]:
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        db.search(q[None], 1)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_index(kind: str, descriptors, keyframes, queries, exact_top1, args) -> dict:
+    from cmirl_ros.mapdb import IndexConfig, MapDatabase
+
+    config = IndexConfig(type=kind, **({"hnsw_ef_search": args.ef_search} if args.ef_search else {}))
+    start = time.perf_counter()
+    db = MapDatabase(descriptors, keyframes, index_config=config)
+    build_s = time.perf_counter() - start
+    times = _time_single_queries(db, queries)
+    _, top1 = db.search(queries, 1)
+    top1 = top1[:, 0]
+    same_route = top1 // args.route_length == exact_top1 // args.route_length
+    found = same_route & (np.abs(top1 - exact_top1) <= args.route_window)
+    p50, p99 = _percentiles_ms(times)
+    memory = db.bytes_per_entry()
+    return {
+        "index": db.index_type,
+        "search_ms_p50": p50,
+        "search_ms_p99": p99,
+        "recall_vs_exact": round(float(found.mean()), 4),
+        "top1_identical": round(float((top1 == exact_top1).mean()), 4),
+        "bytes_per_entry": memory["total"],
+        "index_bytes_per_entry": memory["index"],
+        "keyframe_table_bytes_per_entry": memory["keyframes"],
+        "build_s": round(build_s, 2),
+    }
+
+
+def synthetic_keyframes(entries: int):
+    from cmirl_ros.mapdb import Keyframes
+
+    poses = np.tile(np.eye(4), (entries, 1, 1))
+    poses[:, 0, 3] = np.arange(entries)
+    return Keyframes.from_poses(poses, np.arange(entries) * 0.1, "synthetic", np.arange(entries).astype(str))
+
+
+def run(args: argparse.Namespace) -> int:
+    import faiss
+    from tqdm import tqdm
+
+    from cmirl_ros.mapdb import IndexConfig, MapDatabase
+
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed + 1)
+    descriptors = trajectory_descriptors(args.entries, args.dim, args.route_length, args.step, args.seed)
+    keyframes = synthetic_keyframes(args.entries)
+    sources = rng.integers(0, args.entries, args.queries)
+    queries = _normalize(descriptors[sources] + args.noise / np.sqrt(args.dim)
+                         * rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+
+    exact = MapDatabase(descriptors, keyframes, index_config=IndexConfig(type="flat"))
+    _, exact_ids = exact.search(queries, 1)
+    baseline_p50, baseline_p99 = _percentiles_ms(_time_single_queries(exact, queries[: args.baseline_queries]))
+    del exact
+    results = {
+        "entries": args.entries, "dim": args.dim, "threads": args.threads, "queries": args.queries,
+        "route_length": args.route_length, "step": args.step, "noise": args.noise,
+        "exact_flat": {"search_ms_p50": baseline_p50, "search_ms_p99": baseline_p99},
+        "indexes": {},
+    }
+    print(f"exact flat search, N={args.entries} D={args.dim}: p50 {baseline_p50} ms, p99 {baseline_p99} ms")
+    for kind in tqdm(args.index.split(","), desc="indexes", disable=len(args.index.split(",")) == 1):
+        figures = bench_index(kind.strip(), descriptors, keyframes, queries, exact_ids[:, 0], args)
+        figures["speedup_vs_flat_p50"] = round(baseline_p50 / max(figures["search_ms_p50"], 1e-9), 1)
+        results["indexes"][kind.strip()] = figures
+        print(json.dumps({kind.strip(): figures}))
+    # The headline keys describe the first index listed.
+    results.update({k: v for k, v in results["indexes"][args.index.split(",")[0].strip()].items()})
+    if args.e2e:
+        from cmirl_ros.localization.benchmark import end_to_end
+
+        results["e2e"] = end_to_end(args.model, descriptors, keyframes, threads=args.threads)
+        print(json.dumps({"e2e": results["e2e"]}))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.geometry.poses import travelled_distance
+
 COLUMNS = ("id", "stamp", "session", "source_frame", "x", "y", "z", "qx", "qy", "qz", "qw", "frame_id")
 
 
@@ -60,11 +62,17 @@ class Keyframes:
 
     def pose(self, row: int) -> np.ndarray:
         """(4,4) T_world_cam of one keyframe."""
+        return self.poses(np.array([row]))[0]
+
+    def poses(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(K,4,4) T_world_cam of the given rows (all when None)."""
         from scipy.spatial.transform import Rotation
 
-        T = np.eye(4)
-        T[:3, :3] = Rotation.from_quat(self.quaternions[row]).as_matrix()
-        T[:3, 3] = self.positions[row]
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        T = np.tile(np.eye(4), (len(rows), 1, 1))
+        if len(rows):
+            T[:, :3, :3] = Rotation.from_quat(self.quaternions[rows]).as_matrix()
+        T[:, :3, 3] = self.positions[rows]
         return T
 
     def nbytes(self) -> int:
@@ -131,14 +139,12 @@ def select_keyframes(
         raise ValueError(f"keyframe distance and angle must be >= 0 (got {distance}, {angle_deg})")
     if len(poses) == 0 or distance == 0:
         return np.arange(len(poses))
-    positions = poses[:, :3, 3][:, list(axes)] if axes is not None else poses[:, :3, 3]
-    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-    travelled = np.concatenate([[0.0], np.cumsum(steps)])
+    travelled = travelled_distance(poses, axes)
     keep = [0]
     for i in range(1, len(poses)):
         last = keep[-1]
         far = travelled[i] - travelled[last] >= distance - 1e-9
-        if far or (angle_deg > 0 and _rotation_angle_deg(poses[last], poses[i]) >= angle_deg):
+        if far or (angle_deg > 0 and _rotation_angle_deg(poses[last], poses[i]) >= angle_deg - 1e-6):
             keep.append(i)
     return np.asarray(keep, dtype=np.int64)
 

@@ -1,0 +1,172 @@
+"""The localizer core shared by the ROS node and the offline tools: image (+ scan) -> map matches.
+
+Query side of the shared descriptor space: the image goes through `Preprocessing.image`; a live
+scan, when given with its calibration, is projected into the same virtual camera
+(`Preprocessing.sparse_depth`) and fused with the image by the model. The descriptor is searched
+in the map, keyframes within `exclude_seconds` of the query stamp are dropped (self-match guard),
+the top candidates are optionally re-ranked, and those under `score_threshold` are dropped.
+
+Thread safety: `localize` and `reload` may be called from different threads; calls are
+serialised by a lock, and `reload` loads the new map before swapping it in under the lock.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cmirl_ros.localization.covariance import match_covariance
+from cmirl_ros.localization.rerank import RERANKERS
+
+
+@dataclass
+class LocalizerConfig:
+    top_k: int = 5
+    score_threshold: float = -1.0  # cosine similarity; -1 keeps every candidate
+    exclude_seconds: float = 0.0  # self-match guard: skip keyframes this close in time to the query
+    exclude_session: str | None = None  # apply the guard to this session's keyframes only (None = all)
+    rerank: str = "none"  # none | exact | query_expansion
+    rerank_candidates: int = 20  # how many index results the reranker sees (>= top_k)
+    covariance_temperature: float = 0.02
+    position_floor_m: float = 1.0
+    rotation_floor_deg: float = 5.0
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.exclude_seconds < 0:
+            raise ValueError(f"exclude_seconds must be >= 0, got {self.exclude_seconds}")
+        RERANKERS.get(self.rerank)  # unknown names fail here, listing the known ones
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LocalizerConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown localizer options: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Match:
+    keyframe_id: int
+    stamp: float
+    T_world_cam: np.ndarray  # (4,4) camera pose of the matched keyframe, map frame
+    score: float
+    session: str
+    source_frame: str
+    frame_id: str
+
+    def to_dict(self) -> dict:
+        return {"keyframe_id": self.keyframe_id, "stamp": self.stamp, "score": self.score, "session": self.session,
+                "source_frame": self.source_frame, "frame_id": self.frame_id,
+                "position": self.T_world_cam[:3, 3].tolist()}
+
+
+@dataclass
+class LocalizationResult:
+    stamp: float
+    matches: list[Match]  # best first; empty when nothing passes the threshold
+    covariance: np.ndarray | None  # (6,6) for matches[0]; None without a match
+    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, encode, search
+    descriptor: np.ndarray | None = None
+
+
+class Localizer:
+    def __init__(self, model, mapdb, config: LocalizerConfig | None = None, check_model: bool = True):
+        """`check_model`: refuse a map built with another model (fingerprint mismatch)."""
+        self.model = model
+        self.config = config or LocalizerConfig()
+        self._fingerprint = _fingerprint(model) if (check_model and model is not None) else None
+        self._check_map(mapdb)
+        self.mapdb = mapdb
+        self._lock = threading.Lock()
+
+    def _check_map(self, mapdb) -> None:
+        if self._fingerprint is not None and mapdb.fingerprint != self._fingerprint:
+            raise ValueError(
+                f"model mismatch: the map was built with {mapdb.fingerprint}, the localizer uses {self._fingerprint}; "
+                "rebuild the map with this model"
+            )
+        if self.model is not None and mapdb.descriptor_dim != self.model.descriptor_dim:
+            raise ValueError(f"map descriptors have size {mapdb.descriptor_dim}, the model gives {self.model.descriptor_dim}")
+
+    def reload(self, map_or_dir) -> None:
+        """Swap in another map (a MapDatabase or a map directory); in-flight queries finish on the old one."""
+        from cmirl_ros.mapdb import MapDatabase
+
+        mapdb = map_or_dir if isinstance(map_or_dir, MapDatabase) else MapDatabase.load(Path(map_or_dir), self._fingerprint)
+        self._check_map(mapdb)
+        with self._lock:
+            self.mapdb = mapdb
+
+    def localize(self, image: np.ndarray | None = None, points: np.ndarray | None = None, stamp: float = 0.0,
+                 calib=None) -> LocalizationResult:
+        """Image (H,W,3) uint8 RGB and/or scan (N,4) in the range-sensor frame (needs `calib`) -> matches."""
+        import torch
+
+        if points is not None and calib is None:
+            raise ValueError("a scan needs the calibration that projects it into the camera")
+        if image is None and points is None:
+            raise ValueError("localize needs an image, a scan, or both")
+        with self._lock:
+            start = time.perf_counter()
+            pre = self.model.preprocessing
+            image_t = torch.from_numpy(pre.image(image))[None] if image is not None else None
+            depth_t = torch.from_numpy(pre.sparse_depth(points, calib))[None] if points is not None else None
+            device = next(self.model.parameters()).device
+            preprocessed = time.perf_counter()
+            with torch.inference_mode():
+                descriptor = self.model(
+                    image=None if image_t is None else image_t.to(device),
+                    depth=None if depth_t is None else depth_t.to(device),
+                )[0].float().cpu().numpy()
+            encoded = time.perf_counter()
+            result = self._search(descriptor, stamp)
+        result.timings_ms = {"preprocess": (preprocessed - start) * 1e3, "encode": (encoded - preprocessed) * 1e3,
+                             **result.timings_ms}
+        return result
+
+    def localize_descriptor(self, descriptor: np.ndarray, stamp: float = 0.0) -> LocalizationResult:
+        """Search only, for a descriptor computed elsewhere (offline tools, batch evaluation)."""
+        with self._lock:
+            return self._search(np.asarray(descriptor, dtype=np.float32).reshape(-1), stamp)
+
+    def _search(self, descriptor: np.ndarray, stamp: float) -> LocalizationResult:
+        cfg, mapdb = self.config, self.mapdb
+        start = time.perf_counter()
+        fetch = cfg.top_k if cfg.rerank == "none" else max(cfg.top_k, cfg.rerank_candidates)
+        scores, ids = mapdb.search(descriptor[None], fetch, exclude_stamp=stamp, exclude_seconds=cfg.exclude_seconds,
+                                   exclude_session=cfg.exclude_session)
+        valid = ids[0] >= 0
+        scores, ids = scores[0][valid], ids[0][valid]
+        if cfg.rerank != "none" and len(ids):
+            scores = RERANKERS.get(cfg.rerank)(descriptor, ids, scores, mapdb).astype(np.float32)
+            order = np.argsort(-scores, kind="stable")
+            scores, ids = scores[order], ids[order]
+        keep = scores >= cfg.score_threshold
+        scores, ids = scores[keep][: cfg.top_k], ids[keep][: cfg.top_k]
+        matches = [self._match(mapdb, int(i), float(s)) for i, s in zip(ids, scores)]
+        covariance = None
+        if matches:
+            covariance = match_covariance(scores, np.stack([m.T_world_cam for m in matches]), cfg.covariance_temperature,
+                                          cfg.position_floor_m, cfg.rotation_floor_deg)
+        elapsed = (time.perf_counter() - start) * 1e3
+        return LocalizationResult(float(stamp), matches, covariance, {"search": elapsed}, descriptor)
+
+    @staticmethod
+    def _match(mapdb, keyframe_id: int, score: float) -> Match:
+        kf = mapdb.keyframes
+        return Match(keyframe_id, float(kf.stamps[keyframe_id]), kf.pose(keyframe_id), score,
+                     str(kf.sessions[keyframe_id]), str(kf.source_frames[keyframe_id]), str(kf.frame_ids[keyframe_id]))
+
+
+def _fingerprint(model) -> str:
+    from cmirl_ros.models import model_fingerprint
+
+    return model_fingerprint(model)
