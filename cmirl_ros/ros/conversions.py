@@ -149,15 +149,15 @@ def pointcloud2_to_structured(msg) -> np.ndarray:
         raise MalformedMessage(f"point cloud has zero size ({width}x{height})")
     if point_step <= 0:
         raise MalformedMessage(f"point cloud point_step is {point_step}")
-    if len(set(f.name for f in msg.fields)) != len(msg.fields):
-        raise MalformedMessage("point cloud has duplicate field names")
-    dtype = _cloud_dtype(msg)
     if row_step < width * point_step:
         raise MalformedMessage(f"point cloud row_step {row_step} < width {width} x point_step {point_step}")
     buffer = _buffer(msg.data)
     needed = row_step * (height - 1) + width * point_step
-    if buffer.size < needed:
+    if buffer.size < needed:  # checked before any size-dependent work: claimed sizes may be absurd
         raise MalformedMessage(f"point cloud data has {buffer.size} bytes, {width}x{height} points need {needed}")
+    if len(set(f.name for f in msg.fields)) != len(msg.fields):
+        raise MalformedMessage("point cloud has duplicate field names")
+    dtype = _cloud_dtype(msg)
     if row_step == width * point_step:
         return buffer[: height * row_step].view(dtype)
     rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, width * point_step), strides=(row_step, 1), writeable=False)

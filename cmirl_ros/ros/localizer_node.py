@@ -57,9 +57,10 @@ PARAMETERS = {
     "qos": "sensor_data",
     "use_camera_info": True,
     "use_scan": False,
+    "calib_file": "",
     "sync_slop": 0.05,
     "top_k": 5,
-    "score_threshold": 0.0,
+    "score_threshold": -1.0,
     "exclude_seconds": 0.0,
     "max_query_rate": 0.0,
     "map_frame": "map",
@@ -72,6 +73,8 @@ PARAMETERS = {
     "warn_throttle_s": 5.0,
 }
 QOS_CHOICES = ("sensor_data", "reliable")
+# What decoding a hostile message may raise (MalformedMessage is a ValueError); counted, never fatal.
+BAD_MESSAGE = (ValueError, TypeError, OverflowError)
 
 
 @dataclass
@@ -98,6 +101,7 @@ class LocalizerNode(LifecycleNode):
         self._synchronizer: ImageScanSynchronizer | None = None
         self._worker: threading.Thread | None = None
         self._camera_override: tuple | None = None
+        self._calibrations: dict = {}  # image size -> Calibration from calib_file
         self._enabled = True
         self._active = False
         self._stats = RollingStats()
@@ -163,6 +167,10 @@ class LocalizerNode(LifecycleNode):
         self._outputs = {}
         self._localizer = self._model = None
 
+    @property
+    def configured(self) -> bool:
+        return self._localizer is not None
+
     def stop_worker(self) -> None:
         self._slot.close()
         if self._worker is not None:
@@ -178,6 +186,8 @@ class LocalizerNode(LifecycleNode):
             raise ValueError(f"parameter 'qos' is '{params['qos']}', expected one of {QOS_CHOICES}")
         if params["top_k"] < 1:
             raise ValueError(f"parameter 'top_k' must be >= 1, got {params['top_k']}")
+        if params["use_scan"] and not params["calib_file"]:
+            raise ValueError("use_scan needs 'calib_file': a KITTI calib.txt with the camera <- LiDAR transform (Tr, P2)")
         if len(params["marker_lift"]) != 3:
             raise ValueError(f"parameter 'marker_lift' needs 3 values, got {list(params['marker_lift'])}")
         return params
@@ -197,6 +207,9 @@ class LocalizerNode(LifecycleNode):
         config = LocalizerConfig(top_k=int(p["top_k"]), score_threshold=float(p["score_threshold"]),
                                  exclude_seconds=float(p["exclude_seconds"]))
         self._localizer = Localizer(self._model, mapdb, config)
+        self._calibrations = {}
+        # One throw-away query: the first real one would otherwise pay for lazy allocations.
+        self._localizer.localize(np.zeros((376, 1241, 3), np.uint8), stamp=0.0)
 
     def _create_publishers(self) -> None:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -239,7 +252,7 @@ class LocalizerNode(LifecycleNode):
         self.counts["images"] += 1
         try:
             rgb = image_to_rgb(msg)
-        except MalformedMessage as e:
+        except BAD_MESSAGE as e:
             self._reject("image", e)
             return
         camera = self._camera_override
@@ -258,7 +271,7 @@ class LocalizerNode(LifecycleNode):
         self.counts["scans"] += 1
         try:
             points = pointcloud2_to_xyzi(msg)
-        except MalformedMessage as e:
+        except BAD_MESSAGE as e:
             self._reject("point cloud", e)
             return
         self._synchronizer.add_scan(stamp_to_seconds(msg.header.stamp), points)
@@ -270,7 +283,7 @@ class LocalizerNode(LifecycleNode):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             self._camera_override = camera_info_to_K(msg)
-        except MalformedMessage as e:
+        except BAD_MESSAGE as e:
             self._reject("camera_info", e)
 
     # ------------------------------------------------------------------ inference (worker thread)
@@ -296,19 +309,27 @@ class LocalizerNode(LifecycleNode):
                 self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
                                         throttle_duration_sec=float(self.params["warn_throttle_s"]))
 
-    def _calibration(self, camera: tuple | None):
-        if camera is None:
-            return None
-        from cmirl_ros.geometry import PinholeCamera
+    def _calibration(self, query: Query):
+        """The scan's projection into the query camera: extrinsics (and default intrinsics) from
+        calib_file at the image's size; CameraInfo intrinsics replace the latter when received."""
+        from cmirl_ros.geometry import PinholeCamera, read_kitti_calib
 
-        K, width, height = camera
-        return replace(self._localizer.calib, camera=PinholeCamera(K, width, height))
+        height, width = query.rgb.shape[:2]
+        if (width, height) not in self._calibrations:
+            kitti = read_kitti_calib(self.params["calib_file"], image_size=(width, height))
+            self._calibrations[(width, height)] = kitti.calibration()
+        calib = self._calibrations[(width, height)]
+        if query.camera is not None:
+            K, cam_width, cam_height = query.camera
+            calib = replace(calib, camera=PinholeCamera(K, cam_width, cam_height))
+        return calib
 
     def _answer(self, query: Query) -> None:
         localizer = self._localizer
         if localizer is None:
             return
-        result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=self._calibration(query.camera))
+        calib = self._calibration(query) if query.points is not None else None
+        result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=calib)
         matches = list(result.matches)
         if not matches:
             self.counts["below_threshold"] += 1
@@ -382,20 +403,15 @@ class LocalizerNode(LifecycleNode):
         if self._localizer is None:
             response.success, response.message = False, "not configured: nothing to reload"
             return response
-        from cmirl_ros.localization import Localizer
-        from cmirl_ros.mapdb import MapDatabase
-        from cmirl_ros.models import model_fingerprint
-
         path = self.get_parameter("map").value
         try:
-            mapdb = MapDatabase.load(path, expect_fingerprint=model_fingerprint(self._model))
+            self._localizer.reload(path)  # swaps maps between queries, under the localizer's lock
         except (FileNotFoundError, ValueError) as e:
             response.success, response.message = False, f"reload failed, keeping the current map: {e}"
             return response
         self.params["map"] = path
-        self._localizer = Localizer(self._model, mapdb, self._localizer.config)
         self._publish_keyframe_markers()
-        response.success, response.message = True, f"loaded {path} ({len(mapdb)} keyframes)"
+        response.success, response.message = True, f"loaded {path} ({len(self._localizer.mapdb)} keyframes)"
         self.get_logger().info(response.message)
         return response
 
@@ -412,7 +428,7 @@ def main(args: list[str] | None = None) -> int:
             node.get_logger().info(f"{WAITING_LOG} (managed node: drive it through its lifecycle services)")
         else:
             node.trigger_configure()
-            if node._localizer is None:
+            if not node.configured:
                 code = 1
             else:
                 node.trigger_activate()
