@@ -151,19 +151,15 @@ class Localizer:
             scores, ids = scores[order], ids[order]
         keep = scores >= cfg.score_threshold
         scores, ids = scores[keep][: cfg.top_k], ids[keep][: cfg.top_k]
-        matches = [self._match(mapdb, int(i), float(s)) for i, s in zip(ids, scores)]
+        kf, poses = mapdb.keyframes, mapdb.keyframes.poses(ids)
+        matches = [Match(int(i), float(kf.stamps[i]), T, float(s), str(kf.sessions[i]), str(kf.source_frames[i]),
+                         str(kf.frame_ids[i])) for i, s, T in zip(ids, scores, poses)]
         covariance = None
         if matches:
-            covariance = match_covariance(scores, np.stack([m.T_world_cam for m in matches]), cfg.covariance_temperature,
-                                          cfg.position_floor_m, cfg.rotation_floor_deg)
+            covariance = match_covariance(scores, poses, cfg.covariance_temperature, cfg.position_floor_m,
+                                          cfg.rotation_floor_deg)
         elapsed = (time.perf_counter() - start) * 1e3
         return LocalizationResult(float(stamp), matches, covariance, {"search": elapsed}, descriptor)
-
-    @staticmethod
-    def _match(mapdb, keyframe_id: int, score: float) -> Match:
-        kf = mapdb.keyframes
-        return Match(keyframe_id, float(kf.stamps[keyframe_id]), kf.pose(keyframe_id), score,
-                     str(kf.sessions[keyframe_id]), str(kf.source_frames[keyframe_id]), str(kf.frame_ids[keyframe_id]))
 
 
 def _fingerprint(model) -> str:
