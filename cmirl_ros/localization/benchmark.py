@@ -26,14 +26,14 @@ def kitti_like_frame(seed: int = 0):
     return image, points, Calibration(PinholeCamera(np.array(KITTI_K), 1241, 376), np.array(T_CAM_VELO, float))
 
 
-def end_to_end(model_name: str, descriptors: np.ndarray, keyframes, index: str, threads: int,
-               queries: int = 30, warmup: int = 3) -> dict:
-    """Median milliseconds per stage for image-only and image+scan queries."""
+def end_to_end(model_name: str, mapdb, threads: int, queries: int = 30, warmup: int = 3) -> dict:
+    """Median milliseconds per stage for image-only and image+scan queries against `mapdb`
+    (a synthetic map of the same size and index is built when its descriptor size differs)."""
     import faiss
     import torch
 
     from cmirl_ros.localization import Localizer, LocalizerConfig
-    from cmirl_ros.mapdb import IndexConfig, MapDatabase
+    from cmirl_ros.mapdb import MapDatabase
     from cmirl_ros.mapdb.benchmark import trajectory_descriptors
     from cmirl_ros.mapdb.build import model_record
     from cmirl_ros.models import load_model
@@ -41,9 +41,10 @@ def end_to_end(model_name: str, descriptors: np.ndarray, keyframes, index: str, 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     model = load_model(model_name, device="cpu")
-    if descriptors.shape[1] != model.descriptor_dim:
-        descriptors = trajectory_descriptors(len(descriptors), model.descriptor_dim, 1000, 0.15, seed=0)
-    mapdb = MapDatabase(descriptors, keyframes, {"model": model_record(model)}, index_config=IndexConfig(type=index))
+    if mapdb.descriptor_dim != model.descriptor_dim:
+        descriptors = trajectory_descriptors(len(mapdb), model.descriptor_dim, 1000, 0.15, seed=0)
+        mapdb = MapDatabase(descriptors, mapdb.keyframes, index_config=mapdb.index_config)
+    mapdb.manifest["model"] = model_record(model)
     localizer = Localizer(model, mapdb, LocalizerConfig(top_k=5))
     image, points, calib = kitti_like_frame()
     figures = {"model": model.name, "entries": len(mapdb), "index": mapdb.index_type, "threads": threads,

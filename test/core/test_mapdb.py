@@ -228,3 +228,32 @@ def test_hnsw_recall_on_trajectory_descriptors():
     queries = mapdb.descriptors[rng.integers(0, 3000, 200)] + 0.06 * rng.standard_normal((200, 64)).astype(np.float32)
     agree = mapdb.search(queries, 1)[1][:, 0] == exact.search(queries, 1)[1][:, 0]
     assert agree.mean() >= 0.95
+
+
+def test_map_merge_and_info_cli(tmp_path):
+    from cmirl_ros.cli import main
+
+    make_map(count=150, session="a").save(tmp_path / "a")
+    make_map(count=250, session="b", seed=2).save(tmp_path / "b")
+    assert main(["map", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")]) == 0
+    merged = MapDatabase.load(tmp_path / "ab", expect_fingerprint=FINGERPRINT)
+    assert len(merged) == 400 and list(merged.keyframes.sessions[[0, 149, 150]]) == ["a", "a", "b"]
+    assert merged.keyframes.source_frames[150] == "000000"
+    assert main(["map", "info", str(tmp_path / "ab"), "--json", str(tmp_path / "info.json")]) == 0
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["keyframes"] == 400 and info["sessions"] == ["a", "b"] and info["bytes_per_entry"]["index"] == pytest.approx(128, abs=0.5)
+    assert main(["map", "merge", str(tmp_path / "a"), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_mapdb_writes_the_contract_keys(tmp_path):
+    from cmirl_ros.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "mapdb", "--entries", "4000", "--dim", "32", "--index", "hnsw", "--queries", "100",
+                 "--route-length", "200", "--threads", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for key in ("search_ms_p50", "search_ms_p99", "recall_vs_exact", "bytes_per_entry", "build_s"):
+        assert key in figures
+    assert figures["recall_vs_exact"] >= 0.9 and figures["index"] == "hnsw"
+    assert 0 < figures["search_ms_p50"] <= figures["search_ms_p99"]
