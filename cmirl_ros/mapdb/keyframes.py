@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,20 +24,20 @@ class Keyframes:
     """
 
     stamps: np.ndarray  # (N,) float64 seconds
-    sessions: np.ndarray  # (N,) str
+    sessions: np.ndarray  # (N,) str objects, one shared object per distinct name
     source_frames: np.ndarray  # (N,) str: source file stem or frame index
     positions: np.ndarray  # (N,3) float64
     quaternions: np.ndarray  # (N,4) float64, xyzw
-    frame_ids: np.ndarray  # (N,) str
+    frame_ids: np.ndarray  # (N,) str objects, one shared object per distinct name
 
     def __post_init__(self):
         n = len(self.stamps)
         self.stamps = np.asarray(self.stamps, dtype=np.float64).reshape(n)
-        self.sessions = np.asarray(self.sessions, dtype=str).reshape(n)
+        self.sessions = _shared_strings(self.sessions, n)
         self.source_frames = np.asarray(self.source_frames, dtype=str).reshape(n)
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(n, 3)
         self.quaternions = np.asarray(self.quaternions, dtype=np.float64).reshape(n, 4)
-        self.frame_ids = np.asarray(self.frame_ids, dtype=str).reshape(n)
+        self.frame_ids = _shared_strings(self.frame_ids, n)
 
     def __len__(self) -> int:
         return len(self.stamps)
@@ -77,7 +78,8 @@ class Keyframes:
 
     def nbytes(self) -> int:
         arrays = (self.stamps, self.sessions, self.source_frames, self.positions, self.quaternions, self.frame_ids)
-        return int(sum(a.nbytes for a in arrays))
+        shared = {id(s): sys.getsizeof(s) for s in (*set(self.sessions), *set(self.frame_ids))}
+        return int(sum(a.nbytes for a in arrays) + sum(shared.values()))
 
     @staticmethod
     def concatenate(tables: list["Keyframes"]) -> "Keyframes":
@@ -125,6 +127,13 @@ class Keyframes:
             quaternions=numbers[:, 4:8],
             frame_ids=[r[11] for r in body],
         )
+
+
+def _shared_strings(values, n: int) -> np.ndarray:
+    """Few distinct names repeated N times: an object array of shared strings costs 8 bytes a row,
+    where a fixed-width unicode array pays 4 bytes per character of the longest name."""
+    names, codes = np.unique(np.asarray(values, dtype=str).reshape(n), return_inverse=True)
+    return np.array([str(name) for name in names], dtype=object)[codes]
 
 
 def select_keyframes(
