@@ -103,3 +103,40 @@ def test_strided_dataset_keeps_interface():
     ds = StridedDataset(ToyPlaces(10), 3)
     assert len(ds) == 4 and ds.frame_ids == [0, 3, 6, 9]
     assert ds[1].index == 3 and ds.poses.shape == (4, 4, 4)
+
+
+def _ddp_worker(rank, world, port, out_dir, result_dir):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from cmirl_ros.training.trainer import init_distributed
+
+    env = init_distributed(torch.device("cpu"))
+    torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
+    settings = TrainSettings(batch_size=4, max_steps=4, steps_per_epoch=2, checkpoint_every=2, cache_batch_size=8)
+    frames = TrainingFrames(ToyPlaces(), ToyModel().preprocessing, AugmentConfig(), 0.0)
+    trainer = Trainer(ToyModel(), frames, PairRule(5.0, 7.0), settings, Path(out_dir), torch.device("cpu"), _save, env)
+    trainer.fit(progress=False)
+    torch.save(trainer.model.state_dict(), Path(result_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_ranks_stay_in_sync(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "out").mkdir()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "out"), str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    torch.testing.assert_close(rank0, rank1)
+    rows = list(csv.DictReader((tmp_path / "out" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # one log, written by rank 0
