@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cmirl_ros.localization.covariance import match_covariance
-from cmirl_ros.localization.rerank import RERANKERS
+from cmirl_ros.localization.rerank import NEEDS_TOKENS, RERANKERS, Query
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LocalizerConfig:
     score_threshold: float = -1.0  # cosine similarity; -1 keeps every candidate
     exclude_seconds: float = 0.0  # self-match guard: skip keyframes this close in time to the query
     exclude_session: str | None = None  # apply the guard to this session's keyframes only (None = all)
-    rerank: str = "none"  # none | exact | query_expansion
+    rerank: str = "none"  # none | exact | query_expansion | cross_attention (map built with --tokens)
     rerank_candidates: int = 20  # how many index results the reranker sees (>= top_k)
     covariance_temperature: float = 0.02
     position_floor_m: float = 1.0
@@ -95,6 +95,8 @@ class Localizer:
             )
         if self.model is not None and mapdb.descriptor_dim != self.model.descriptor_dim:
             raise ValueError(f"map descriptors have size {mapdb.descriptor_dim}, the model gives {self.model.descriptor_dim}")
+        if self.config.rerank in NEEDS_TOKENS and mapdb.tokens is None:
+            raise ValueError(f"rerank '{self.config.rerank}' needs a map built with `cmirl map build --tokens`")
 
     def reload(self, map_or_dir) -> None:
         """Swap in another map (a MapDatabase or a map directory); in-flight queries finish on the old one."""
@@ -121,13 +123,10 @@ class Localizer:
             depth_t = torch.from_numpy(pre.sparse_depth(points, calib))[None] if points is not None else None
             device = next(self.model.parameters()).device
             preprocessed = time.perf_counter()
-            with torch.inference_mode():
-                descriptor = self.model(
-                    image=None if image_t is None else image_t.to(device),
-                    depth=None if depth_t is None else depth_t.to(device),
-                )[0].float().cpu().numpy()
+            query = self._encode(None if image_t is None else image_t.to(device),
+                                 None if depth_t is None else depth_t.to(device))
             encoded = time.perf_counter()
-            result = self._search(descriptor, stamp)
+            result = self._search(query, stamp)
         result.timings_ms = {"preprocess": (preprocessed - start) * 1e3, "encode": (encoded - preprocessed) * 1e3,
                              **result.timings_ms}
         return result
@@ -135,10 +134,23 @@ class Localizer:
     def localize_descriptor(self, descriptor: np.ndarray, stamp: float = 0.0) -> LocalizationResult:
         """Search only, for a descriptor computed elsewhere (offline tools, batch evaluation)."""
         with self._lock:
-            return self._search(np.asarray(descriptor, dtype=np.float32).reshape(-1), stamp)
+            return self._search(Query(np.asarray(descriptor, dtype=np.float32).reshape(-1)), stamp)
 
-    def _search(self, descriptor: np.ndarray, stamp: float) -> LocalizationResult:
-        cfg, mapdb = self.config, self.mapdb
+    def _encode(self, image, depth) -> Query:
+        import torch
+
+        from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
+
+        with torch.inference_mode():
+            if self.config.rerank not in NEEDS_TOKENS:
+                return Query(self.model(image=image, depth=depth)[0].float().cpu().numpy())
+            grid = self.mapdb.manifest.get("tokens", {}).get("grid", [4, 16])
+            with capture_local_features(self.model) as features:
+                descriptor = self.model(image=image, depth=depth)[0].float().cpu().numpy()
+            return Query(descriptor, pool_tokens(features[0], tuple(grid))[0])
+
+    def _search(self, query: Query, stamp: float) -> LocalizationResult:
+        cfg, mapdb, descriptor = self.config, self.mapdb, query.descriptor
         start = time.perf_counter()
         fetch = cfg.top_k if cfg.rerank == "none" else max(cfg.top_k, cfg.rerank_candidates)
         scores, ids = mapdb.search(descriptor[None], fetch, exclude_stamp=stamp, exclude_seconds=cfg.exclude_seconds,
@@ -146,7 +158,7 @@ class Localizer:
         valid = ids[0] >= 0
         scores, ids = scores[0][valid], ids[0][valid]
         if cfg.rerank != "none" and len(ids):
-            scores = RERANKERS.get(cfg.rerank)(descriptor, ids, scores, mapdb).astype(np.float32)
+            scores = RERANKERS.get(cfg.rerank)(query, ids, scores, mapdb).astype(np.float32)
             order = np.argsort(-scores, kind="stable")
             scores, ids = scores[order], ids[order]
         keep = scores >= cfg.score_threshold

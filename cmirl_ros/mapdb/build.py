@@ -15,13 +15,15 @@ from cmirl_ros.mapdb.keyframes import Keyframes, select_keyframes
 
 
 def build_map(dataset, model, keyframe_distance: float = 0.0, keyframe_angle: float = 0.0,
-              index_config=None, batch_size: int = 8, frame_id: str = "map", progress: bool = True) -> MapDatabase:
-    """MapDatabase over the keyframes of `dataset` (distance in metres on its ground axes, angle in degrees)."""
+              index_config=None, batch_size: int = 8, frame_id: str = "map", progress: bool = True,
+              tokens_grid: tuple[int, int] | None = None) -> MapDatabase:
+    """MapDatabase over the keyframes of `dataset` (distance in metres on its ground axes, angle in degrees).
+    `tokens_grid`: also store pooled local depth tokens (for the `cross_attention` reranker)."""
     rows = select_keyframes(dataset.poses, keyframe_distance, keyframe_angle, dataset.ground_axes)
     if len(rows) == 0:
         raise ValueError(f"dataset {dataset.name}: no frames to build a map from")
     descriptors = np.empty((len(rows), model.descriptor_dim), np.float32)
-    names = []
+    names, tokens = [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=f"map {dataset.name}", unit="batch", disable=not progress):
         chunk = rows[start : start + batch_size]
         depths = []
@@ -31,16 +33,26 @@ def build_map(dataset, model, keyframe_distance: float = 0.0, keyframe_angle: fl
                 raise ValueError(f"dataset {dataset.name}: frame {frame.name} has no scan; a map needs range data")
             depths.append(model.preprocessing.sparse_depth(frame.points, frame.calib))
             names.append(frame.name)
-        descriptors[start : start + len(chunk)] = encode_depths(model, np.stack(depths))
+        descriptors[start : start + len(chunk)], chunk_tokens = encode_depths(model, np.stack(depths), tokens_grid)
+        tokens.append(chunk_tokens)
     keyframes = Keyframes.from_poses(dataset.poses[rows], dataset.stamps[rows], dataset.name, names, frame_id)
     manifest = map_manifest(model, dataset, keyframe_distance, keyframe_angle)
-    return MapDatabase(descriptors, keyframes, manifest, index_config=index_config)
+    if tokens_grid:
+        manifest["tokens"] = {"grid": list(tokens_grid), "source": "fused local features of the depth path"}
+    return MapDatabase(descriptors, keyframes, manifest, index_config=index_config,
+                       tokens=np.concatenate(tokens) if tokens_grid else None)
 
 
-def encode_depths(model, depths: np.ndarray) -> np.ndarray:
+def encode_depths(model, depths: np.ndarray, tokens_grid: tuple[int, int] | None = None):
+    """(descriptors (B, D), pooled local tokens (B, T, C) or None) of a batch of sparse depth maps."""
+    from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
     from cmirl_ros.models import describe
 
-    return describe(model, depths=depths, batch_size=len(depths), progress=False)
+    if not tokens_grid:
+        return describe(model, depths=depths, batch_size=len(depths), progress=False), None
+    with capture_local_features(model) as features:
+        descriptors = describe(model, depths=depths, batch_size=len(depths), progress=False)
+    return descriptors, pool_tokens(features[0], tokens_grid)
 
 
 def model_record(model) -> dict:

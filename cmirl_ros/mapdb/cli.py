@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--keyframe-angle", type=float, default=0.0, help="degrees turned that also make a keyframe (0 = off)")
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--frame-id", default="map", help="map frame id of the stored poses")
+    build.add_argument("--tokens", action="store_true",
+                       help="also store local depth tokens (about 16 KB a keyframe) for --rerank cross_attention")
     _add_output_args(build)
     build.set_defaults(map_run=_build)
 
@@ -49,13 +51,14 @@ def _build(args: argparse.Namespace) -> int:
     from cmirl_ros.datasets import open_dataset
     from cmirl_ros.mapdb.build import build_map
     from cmirl_ros.mapdb.index import IndexConfig
+    from cmirl_ros.mapdb.tokens import DEFAULT_GRID
     from cmirl_ros.models import load_model
 
     _refuse_existing(args.out, args.overwrite)
     dataset = open_dataset(args)
     model = load_model(args.model, device=args.device)
     mapdb = build_map(dataset, model, args.keyframe_distance, args.keyframe_angle, IndexConfig(type=args.index),
-                      batch_size=args.batch_size, frame_id=args.frame_id)
+                      batch_size=args.batch_size, frame_id=args.frame_id, tokens_grid=DEFAULT_GRID if args.tokens else None)
     mapdb.manifest["source"].update(root=str(args.root), seq=args.seq, frame_range=args.frames, kind=args.dataset)
     mapdb.save(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {len(mapdb)} keyframes of {len(dataset)} frames, index {mapdb.index_type}")
@@ -88,6 +91,7 @@ def _info(args: argparse.Namespace) -> int:
         "sessions": sorted(set(mapdb.keyframes.sessions.tolist())),
         "descriptor": manifest["descriptor"],
         "index": mapdb.index_type,
+        "tokens": None if mapdb.tokens is None else list(mapdb.tokens.shape[1:]),
         "bytes_per_entry": mapdb.bytes_per_entry(),
     }
     print(json.dumps(summary, indent=2))

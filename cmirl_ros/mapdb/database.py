@@ -7,6 +7,7 @@ Directory layout (format version 1):
 - `descriptors.npy`: (N, D) float32, L2-normalised; row i belongs to keyframe i.
 - `keyframes.csv`: id, stamp, session, source_frame, x, y, z, qx, qy, qz, qw, frame_id.
 - `index.faiss`: the FAISS index over the descriptors (row numbers are keyframe ids).
+- `tokens.npy` (optional): (N, T, C) float16 local depth tokens for cross-modal re-ranking.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ MANIFEST = "manifest.json"
 DESCRIPTORS = "descriptors.npy"
 KEYFRAMES = "keyframes.csv"
 INDEX = "index.faiss"
+TOKENS = "tokens.npy"
 METRIC = "inner_product"
 
 
@@ -32,15 +34,18 @@ class MapDatabase:
     """Descriptors + keyframes + index. `search` returns keyframe ids (= row numbers)."""
 
     def __init__(self, descriptors: np.ndarray, keyframes: Keyframes, manifest: dict | None = None,
-                 index_config=None, index=None):
+                 index_config=None, index=None, tokens: np.ndarray | None = None):
         from cmirl_ros.mapdb.index import IndexConfig, build_index, configure_search
 
         if descriptors.ndim != 2 or len(descriptors) != len(keyframes):
             raise ValueError(
                 f"descriptors {descriptors.shape} do not match {len(keyframes)} keyframes (expected (N, D))"
             )
+        if tokens is not None and (tokens.ndim != 3 or len(tokens) != len(keyframes)):
+            raise ValueError(f"tokens {tokens.shape} do not match {len(keyframes)} keyframes (expected (N, T, C))")
         self.descriptors = descriptors
         self.keyframes = keyframes
+        self.tokens = tokens
         self.manifest = dict(manifest or {})
         self.index_config = index_config or IndexConfig()
         if index is None:
@@ -122,6 +127,8 @@ class MapDatabase:
             np.save(temp / DESCRIPTORS, np.ascontiguousarray(self.descriptors, dtype=np.float32))
             self.keyframes.write_csv(temp / KEYFRAMES)
             faiss.write_index(self.index, str(temp / INDEX))
+            if self.tokens is not None:
+                np.save(temp / TOKENS, np.ascontiguousarray(self.tokens, dtype=np.float16))
             manifest = self._complete_manifest(temp)
             (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self.manifest = manifest
@@ -137,7 +144,7 @@ class MapDatabase:
             index={"type": self.index_type, "config": self.index_config.to_dict(),
                    "bytes_per_entry": self.bytes_per_entry()},
             files={name: {"sha256": sha256_file(temp / name), "bytes": (temp / name).stat().st_size}
-                   for name in (DESCRIPTORS, KEYFRAMES, INDEX)},
+                   for name in (DESCRIPTORS, KEYFRAMES, INDEX, TOKENS) if (temp / name).is_file()},
         )
         counts = dict(manifest.get("counts", {}))
         counts["keyframes"] = len(self)
@@ -160,23 +167,26 @@ class MapDatabase:
             raise FileNotFoundError(f"{directory}: map directory not found")
         manifest = read_manifest(directory)
         check_model(manifest, directory / MANIFEST, expect_fingerprint)
-        for name in (DESCRIPTORS, KEYFRAMES, INDEX):
+        has_tokens = TOKENS in manifest["files"]
+        for name in (DESCRIPTORS, KEYFRAMES, INDEX) + ((TOKENS,) if has_tokens else ()):
             _check_file(directory, name, manifest, verify)
         descriptors = _read_descriptors(directory / DESCRIPTORS, manifest)
+        tokens = _read_tokens(directory / TOKENS, len(descriptors)) if has_tokens else None
         keyframes = Keyframes.read_csv(directory / KEYFRAMES)
         if len(keyframes) != len(descriptors):
             raise ValueError(f"{directory / KEYFRAMES}: {len(keyframes)} rows, but {len(descriptors)} descriptors")
         stored = IndexConfig.from_dict(manifest["index"]["config"])
         config = index_config or stored
-        if config.resolved_type(len(descriptors)) != manifest["index"]["type"]:
-            return cls(descriptors, keyframes, manifest, index_config=config)
-        return cls(descriptors, keyframes, manifest, index_config=config, index=_read_index(directory / INDEX, descriptors.shape))
+        index = None
+        if config.resolved_type(len(descriptors)) == manifest["index"]["type"]:
+            index = _read_index(directory / INDEX, descriptors.shape)
+        return cls(descriptors, keyframes, manifest, index_config=config, index=index, tokens=tokens)
 
     # ------------------------------------------------------------------ merge
     @classmethod
     def merge(cls, maps: list["MapDatabase"], index_config=None) -> "MapDatabase":
         """One map from shards built with the same model and preprocessing; ids are renumbered in
-        order and the index is rebuilt over all entries."""
+        order and the index is rebuilt over all entries. Tokens are kept when every shard has them."""
         if not maps:
             raise ValueError("nothing to merge")
         first = maps[0].manifest
@@ -192,7 +202,12 @@ class MapDatabase:
         manifest.pop("source", None)
         descriptors = np.concatenate([np.asarray(m.descriptors, dtype=np.float32) for m in maps])
         keyframes = Keyframes.concatenate([m.keyframes for m in maps])
-        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config)
+        tokens = None
+        if all(m.tokens is not None for m in maps):
+            if len({m.tokens.shape[1:] for m in maps}) > 1:
+                raise ValueError(f"cannot merge maps with token shapes {[m.tokens.shape[1:] for m in maps]}")
+            tokens = np.concatenate([np.asarray(m.tokens) for m in maps])
+        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config, tokens=tokens)
 
 
 def read_manifest(directory: Path) -> dict:
@@ -250,6 +265,16 @@ def _read_descriptors(path: Path, manifest: dict) -> np.ndarray:
     if descriptors.dtype != np.float32 or descriptors.shape != expected:
         raise ValueError(f"{path}: expected float32 {expected}, found {descriptors.dtype} {descriptors.shape}")
     return descriptors
+
+
+def _read_tokens(path: Path, count: int) -> np.ndarray:
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path}: corrupted token array ({e})") from None
+    if tokens.dtype != np.float16 or tokens.ndim != 3 or len(tokens) != count:
+        raise ValueError(f"{path}: expected float16 ({count}, T, C), found {tokens.dtype} {tokens.shape}")
+    return tokens
 
 
 def _read_index(path: Path, shape: tuple[int, int]):

@@ -206,3 +206,43 @@ def test_map_and_localize_cli_on_real_rgbd(tiny_model, sevenscenes, tmp_path):
     assert report["summary"]["queries"] == 6 and report["summary"]["counted_queries"] == 6
     assert set(report["summary"]["median_ms"]) == {"preprocess", "encode", "search"}
     assert all(len(q["matches"]) == 5 for q in report["queries"])
+
+
+def test_attention_score_prefers_the_matching_token_set():
+    from cmirl_ros.mapdb.tokens import attention_scores
+
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((3, 12, 16))
+    tokens /= np.linalg.norm(tokens, axis=2, keepdims=True)
+    query = tokens[1][rng.permutation(12)]  # same parts, other order: attention does not care
+    scores = attention_scores(query.astype(np.float16), tokens.astype(np.float16))
+    assert np.argmax(scores) == 1 and scores[1] > 0.9 and scores[0] < 0.5
+
+
+def test_cross_attention_rerank_with_stored_depth_tokens(tiny_model, tmp_path):
+    from cmirl_ros.mapdb import build_map
+    from cmirl_ros.mapdb.tokens import attention_scores
+
+    model, _ = tiny_model
+    dataset = ToyScans(count=6)
+    build_map(dataset, model, tokens_grid=(2, 4), progress=False).save(tmp_path / "map")
+    mapdb = MapDatabase.load(tmp_path / "map")
+    assert mapdb.tokens.shape == (6, 8, 128) and mapdb.tokens.dtype == np.float16
+    norms = np.linalg.norm(mapdb.tokens.astype(np.float32), axis=2)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-2)
+    with pytest.raises(ValueError, match="needs a map built with `cmirl map build --tokens`"):
+        Localizer(model, make_map_without_tokens(mapdb), LocalizerConfig(rerank="cross_attention"))
+
+    localizer = Localizer(model, mapdb, LocalizerConfig(top_k=6, rerank="cross_attention"))
+    frame = dataset[3]
+    result = localizer.localize(points=frame.points, stamp=frame.stamp, calib=frame.calib)
+    ids = [m.keyframe_id for m in result.matches]
+    assert sorted(ids) == list(range(6))
+    # The scores are the attention scores of the query's own depth tokens against the stored ones,
+    # so the keyframe built from this very scan scores (almost) exactly like itself.
+    own = attention_scores(mapdb.tokens[3], mapdb.tokens[ids])
+    np.testing.assert_allclose([m.score for m in result.matches], own, atol=2e-3)
+
+
+def make_map_without_tokens(mapdb):
+    return MapDatabase(np.asarray(mapdb.descriptors), mapdb.keyframes, mapdb.manifest)
