@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=-1.0, help="drop matches below this cosine score")
     parser.add_argument("--exclude-seconds", type=float, default=0.0,
                         help="skip keyframes of the same session within this many seconds (revisit protocol)")
-    parser.add_argument("--rerank", default="none", help="none | exact | query_expansion")
+    parser.add_argument("--rerank", default="none", help="none | exact | query_expansion | cross_attention (map built with --tokens)")
     parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
