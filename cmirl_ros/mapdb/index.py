@@ -90,14 +90,15 @@ def configure_search(index: faiss.Index, config: IndexConfig) -> None:
 
 
 def search_index(index: faiss.Index, queries: np.ndarray, k: int, config: IndexConfig):
-    """Top-k (scores, rows); missing results are (-inf, -1). HNSW's beam widens to at least k."""
-    k = min(k, index.ntotal)
-    if k <= 0:
-        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    params = None
-    if isinstance(index, faiss.IndexHNSW) and k > config.hnsw_ef_search:
-        params = faiss.SearchParametersHNSW(efSearch=k)
-    scores, rows = index.search(queries, k, params=params)
+    """Top-k (scores (Q,k), rows (Q,k)); missing results are (-inf, -1). HNSW's beam widens to at least k."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    found = min(k, index.ntotal)
+    if found > 0:
+        params = None
+        if isinstance(index, faiss.IndexHNSW) and found > config.hnsw_ef_search:
+            params = faiss.SearchParametersHNSW(efSearch=found)
+        scores[:, :found], rows[:, :found] = index.search(queries, found, params=params)
     scores[rows < 0] = -np.inf
     return scores, rows
 

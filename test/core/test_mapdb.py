@@ -257,3 +257,10 @@ def test_bench_mapdb_writes_the_contract_keys(tmp_path):
         assert key in figures
     assert figures["recall_vs_exact"] >= 0.9 and figures["index"] == "hnsw"
     assert 0 < figures["search_ms_p50"] <= figures["search_ms_p99"]
+
+
+def test_search_pads_when_the_map_is_smaller_than_k():
+    mapdb = make_map(count=3)
+    scores, ids = mapdb.search(mapdb.descriptors[:2], 5)
+    assert scores.shape == ids.shape == (2, 5)
+    assert (ids[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all() and (ids[:, :3] >= 0).all()
