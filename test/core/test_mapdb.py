@@ -264,3 +264,18 @@ def test_search_pads_when_the_map_is_smaller_than_k():
     scores, ids = mapdb.search(mapdb.descriptors[:2], 5)
     assert scores.shape == ids.shape == (2, 5)
     assert (ids[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all() and (ids[:, :3] >= 0).all()
+
+
+def test_keyframe_selection_on_real_kitti_poses(kitti_meta):
+    from cmirl_ros.geometry import KITTI_GROUND_AXES, read_kitti_poses
+    from cmirl_ros.geometry.poses import travelled_distance
+
+    poses = read_kitti_poses(kitti_meta / "poses" / "00.txt")
+    path = travelled_distance(poses, KITTI_GROUND_AXES)
+    assert 3600 < path[-1] < 3800  # 3.72 km
+    keys = select_keyframes(poses, 2.0, axes=KITTI_GROUND_AXES)
+    gaps = np.diff(path[keys])
+    assert (gaps >= 2.0 - 1e-9).all()
+    max_step = np.diff(path).max()
+    assert (gaps < 2.0 + max_step).all()  # never skips a frame that already made the distance
+    assert path[-1] / (2.0 + max_step) <= len(keys) <= path[-1] / 2.0 + 1
