@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--route-window", type=int, default=5, help="top-1 within this many keyframes counts as found")
     parser.add_argument("--threads", type=int, default=2, help="FAISS/BLAS threads")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW beam width at search (default: IndexConfig)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="also save the first index's map here, reload it, and time both (replaced if present)")
     parser.add_argument("--e2e", action="store_true", help="also time preprocess/encode/search with a real model")
     parser.add_argument("--model", default="cmirl_lite", help="model for --e2e")
     parser.add_argument("--seed", type=int, default=0)
@@ -96,6 +98,22 @@ def bench_index(kind: str, descriptors, keyframes, queries, exact_top1, args):
     }
 
 
+def save_and_reload(db, directory: Path, queries: np.ndarray) -> dict:
+    """Seconds to save (atomic, checksummed) and load (checksums verified) the map, and whether
+    the reloaded map answers the queries identically."""
+    from cmirl_ros.mapdb import MapDatabase
+
+    start = time.perf_counter()
+    db.save(directory, overwrite=True)
+    saved = time.perf_counter()
+    loaded = MapDatabase.load(directory)
+    loaded_at = time.perf_counter()
+    identical = all(np.array_equal(a, b) for a, b in zip(db.search(queries, 5), loaded.search(queries, 5)))
+    size = sum(f.stat().st_size for f in directory.iterdir())
+    return {"save_s": round(saved - start, 2), "load_s": round(loaded_at - saved, 2),
+            "disk_bytes_per_entry": round(size / len(db), 1), "identical_results": identical}
+
+
 def synthetic_keyframes(entries: int):
     from cmirl_ros.mapdb import Keyframes
 
@@ -138,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
         results["indexes"][kind] = figures
         headline_map = headline_map or db
         print(json.dumps({kind: figures}))
-    # The headline keys describe the first index listed; --e2e searches that map too.
+    # The headline keys describe the first index listed; --save and --e2e use that map too.
     results.update(results["indexes"][kinds[0]])
+    if args.save:
+        results["save_load"] = save_and_reload(headline_map, args.save, queries)
+        print(json.dumps({"save_load": results["save_load"]}))
     if args.e2e:
         from cmirl_ros.localization.benchmark import end_to_end
 
