@@ -116,6 +116,8 @@ class Localizer:
             raise ValueError("a scan needs the calibration that projects it into the camera")
         if image is None and points is None:
             raise ValueError("localize needs an image, a scan, or both")
+        if self.model is None:
+            raise ValueError("this Localizer has no model; use localize_descriptor")
         with self._lock:
             start = time.perf_counter()
             pre = self.model.preprocessing
@@ -124,7 +126,7 @@ class Localizer:
             device = next(self.model.parameters()).device
             preprocessed = time.perf_counter()
             query = self._encode(None if image_t is None else image_t.to(device),
-                                 None if depth_t is None else depth_t.to(device))
+                                 None if depth_t is None else depth_t.to(device), device)
             encoded = time.perf_counter()
             result = self._search(query, stamp)
         result.timings_ms = {"preprocess": (preprocessed - start) * 1e3, "encode": (encoded - preprocessed) * 1e3,
@@ -136,12 +138,14 @@ class Localizer:
         with self._lock:
             return self._search(Query(np.asarray(descriptor, dtype=np.float32).reshape(-1)), stamp)
 
-    def _encode(self, image, depth) -> Query:
+    def _encode(self, image, depth, device) -> Query:
         import torch
 
         from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
+        from cmirl_ros.models.inference import autocast_for
 
-        with torch.inference_mode():
+        # Same numerics as map building (`describe`): fp16 autocast on CUDA, fp32 on CPU.
+        with torch.inference_mode(), autocast_for(device):
             if self.config.rerank not in NEEDS_TOKENS:
                 return Query(self.model(image=image, depth=depth)[0].float().cpu().numpy())
             grid = self.mapdb.manifest.get("tokens", {}).get("grid", [4, 16])
