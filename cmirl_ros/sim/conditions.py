@@ -36,7 +36,7 @@ class Condition:
     lidar_dropout: float = 0.0  # extra random dropout fraction
     lidar_noise: float = 0.0  # extra range noise sigma, m
     viewpoint_lateral_m: float = 0.0
-    viewpoint_yaw_deg: float = 0.0
+    viewpoint_yaw_deg: float = 0.0  # positive turns the view right (revisits shift left)
 
 
 CONDITIONS: dict[str, Condition] = {
@@ -59,7 +59,7 @@ CONDITIONS: dict[str, Condition] = {
                   visibility_m=110.0, haze_colour=(0.82, 0.83, 0.86), shadows=False, snow_cover=0.85,
                   precipitation="snow", precipitation_density=1.2, lidar_extinction=0.004, lidar_dropout=0.05,
                   lidar_noise=0.03),
-        Condition("viewpoint", viewpoint_lateral_m=2.0, viewpoint_yaw_deg=12.0),
+        Condition("viewpoint", viewpoint_lateral_m=2.0, viewpoint_yaw_deg=-12.0),
     )
 }
 

@@ -68,6 +68,12 @@ class SimConfig:
     seed: int = 0
     workers: int = 2
 
+    def __post_init__(self):
+        if self.width < 16 or self.height < 16:
+            raise ValueError(f"image size {self.width}x{self.height} is too small (at least 16x16)")
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers}: need at least 1")
+
 
 # The embedded default the demo generates: the loop route (revisits ~60 s apart), every
 # third frame (0.3 s, 3 m apart: ~330 frames), at half KITTI resolution.
@@ -85,8 +91,6 @@ class Simulator:
     """Renders any frame of a configured trajectory; the world is built once from the whole trajectory."""
 
     def __init__(self, config: SimConfig, world: World | None = None):
-        if config.width < 16 or config.height < 16:
-            raise ValueError(f"image size {config.width}x{config.height} is too small (at least 16x16)")
         self.config = config
         self.condition = get_condition(config.condition)
         trajectory = load_trajectory(config.trajectory)
@@ -175,9 +179,10 @@ def simulate_sequence(config: SimConfig, out_root: str | Path, seq: str, progres
     write_kitti_calib(sequence_dir / "calib.txt", simulator.calib)
     atomic_write_text(sequence_dir / "times.txt", "".join(f"{simulator.stamps[i]:.6e}\n" for i in frames))
     write_kitti_poses(out_root / "poses" / f"{seq}.txt", simulator.poses[frames])
-    atomic_write_text(sequence_dir / "sim.json", json.dumps({**asdict(config), "trajectory_name": simulator.name,
-                                                             "frame_indices": [frames[0], frames[-1] + 1, simulator.frames.step]},
-                                                            indent=2) + "\n")
+    # Provenance; the worker count is left out because it never changes the output.
+    provenance = {k: v for k, v in asdict(config).items() if k != "workers"}
+    provenance.update(trajectory_name=simulator.name, source_frames=[frames[0], frames[-1] + 1, simulator.frames.step])
+    atomic_write_text(sequence_dir / "sim.json", json.dumps(provenance, indent=2) + "\n")
     jobs = list(enumerate(frames))
     chunks = [jobs[i:i + 8] for i in range(0, len(jobs), 8)]  # contiguous chunks keep one car epoch per scene build
     bar = tqdm(total=len(jobs), desc=f"sim {simulator.name} -> {seq} ({config.condition})", unit="frame",

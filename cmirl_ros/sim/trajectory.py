@@ -16,10 +16,10 @@ from cmirl_ros.geometry import read_kitti_poses, read_times
 KITTI_FRAME_PERIOD = 0.1036  # s, the mean spacing of KITTI odometry timestamps (~9.65 Hz)
 
 # The built-in route (x, z in metres): a lead-in street, one lap around a 120 x 180 m block,
-# then the first 250 m of the lap again in the same direction. At 10 m/s the second pass
-# comes about 60 s after the first, well outside a 30 s self-match exclusion window.
+# then the first 390 m of the lap again in the same direction (~1 km in all). At 10 m/s the
+# second pass comes about 60 s after the first, well outside a 30 s self-match exclusion window.
 LOOP_WAYPOINTS = np.array(
-    [[0, 0], [0, 120], [0, 300], [120, 300], [120, 120], [0, 120], [0, 300], [70, 300]], dtype=np.float64
+    [[0, 0], [0, 120], [0, 300], [120, 300], [120, 120], [0, 120], [0, 300], [120, 300], [120, 210]], dtype=np.float64
 )
 LOOP_SPEED = 10.0  # m/s
 LOOP_CORNER_SMOOTHING = 4  # Chaikin iterations: corners become ~15 m radius curves
