@@ -19,7 +19,7 @@ class Keyframes:
 
     The pose is the camera pose T_world_cam of the source frame (the query camera the scan was
     projected into), as position xyz + quaternion xyzw, in the map frame `frame_id`.
-    `session` names the recording (for example `kitti/00`): the temporal exclusion window only
+    `session` names the recording (the dataset name, for example `kitti-00`): the temporal exclusion window only
     applies to keyframes of the query's own session.
     """
 
@@ -41,10 +41,6 @@ class Keyframes:
 
     def __len__(self) -> int:
         return len(self.stamps)
-
-    @property
-    def ids(self) -> np.ndarray:
-        return np.arange(len(self), dtype=np.int64)
 
     @classmethod
     def from_poses(cls, T_world_cam: np.ndarray, stamps, session: str, source_frames, frame_id: str = "map"):
