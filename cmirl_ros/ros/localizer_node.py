@@ -108,6 +108,7 @@ class LocalizerNode(LifecycleNode):
         self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0}
         self._last_score = float("nan")
         self._last_rejection = ""
+        self._last_warning: dict[str, float] = {}
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         self.create_service(Trigger, "~/reload_map", self._on_reload_map)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -246,7 +247,10 @@ class LocalizerNode(LifecycleNode):
     def _reject(self, kind: str, error: Exception) -> None:
         self.counts["rejected"] += 1
         self._last_rejection = f"{kind}: {error}"
-        self.get_logger().warning(f"rejected {kind} message: {error}", throttle_duration_sec=float(self.params["warn_throttle_s"]))
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -np.inf) >= float(self.params["warn_throttle_s"]):  # per kind
+            self._last_warning[kind] = now
+            self.get_logger().warning(f"rejected {kind} message: {error} (rejected so far: {self.counts['rejected']})")
 
     def _on_image(self, msg: Image) -> None:
         self.counts["images"] += 1
