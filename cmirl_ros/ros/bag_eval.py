@@ -157,6 +157,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
     shutil.rmtree(recording, ignore_errors=True)
     params = {"model": str(model), "map": str(map_dir), "device": device, "use_scan": use_scan, "exclude_seconds": 0.0,
               "top_k": min(len(mapdb), MAX_CANDIDATES), "publish_markers": False, "diagnostics_period": 0.5,
+              "stats_window": 1e6,  # latency figures over the whole replay
               **(node_params or {})}
     recorder = start_recorder(recording, list(OUTPUTS.values()), workdir)
     node = start_localizer(params, workdir)

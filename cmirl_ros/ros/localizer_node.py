@@ -69,6 +69,7 @@ PARAMETERS = {
     "publish_markers": True,
     "publish_debug_image": False,
     "diagnostics_period": 1.0,
+    "stats_window": 10.0,
     "marker_lift": [0.0, -5.0, 0.0],
     "warn_throttle_s": 5.0,
 }
@@ -124,6 +125,7 @@ class LocalizerNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._create_publishers()
         self._slot = LatestSlot()
+        self._stats = RollingStats(window=float(self.params["stats_window"]))
         self._worker = threading.Thread(target=self._inference_loop, name="cmirl-inference", daemon=True)
         self._worker.start()
         period = float(self.params["diagnostics_period"])

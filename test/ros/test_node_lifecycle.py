@@ -1,0 +1,140 @@
+"""The node as a managed (lifecycle) node, its services, markers and diagnostics, in a separate process."""
+from __future__ import annotations
+
+import signal
+import time
+
+
+from cmirl_ros.ros.localizer_node import READY_LOG, WAITING_LOG
+from cmirl_ros.ros.processes import start_localizer
+
+
+class Client:
+    """Test-side ROS node: service calls and topic waits with timeouts."""
+
+    def __init__(self, rclpy, node):
+        self.rclpy, self.node = rclpy, node
+
+    def call(self, srv_type, name: str, request, timeout: float = 60.0):
+        client = self.node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+        future = client.call_async(request)
+        self.rclpy.spin_until_future_complete(self.node, future, timeout_sec=timeout)
+        assert future.done(), f"service {name} did not answer within {timeout} s"
+        return future.result()
+
+    def spin_until(self, condition, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+        return condition()
+
+
+def transition(client: Client, transition_id: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    request = ChangeState.Request()
+    request.transition.id = transition_id
+    return client.call(ChangeState, "/localizer/change_state", request).success
+
+
+def state(client: Client) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    return client.call(GetState, "/localizer/get_state", GetState.Request()).current_state.label
+
+
+def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map, ros_workdir):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import SetBool, Trigger
+    from visualization_msgs.msg import MarkerArray
+
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
+
+    process = start_localizer({"managed": True, "model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
+                               "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2}, ros_workdir)
+    rclpy.init()
+    node = rclpy.create_node("cmirl_lifecycle_test")
+    client = Client(rclpy, node)
+    try:
+        process.wait_for(WAITING_LOG, 120)
+        assert state(client) == "unconfigured"
+        images = node.create_publisher(Image, "/camera/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        matches, diagnostics, map_markers, markers = [], [], [], []
+        node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
+        node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+        node.create_subscription(MarkerArray, "/localizer/markers", markers.append, 10)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_subscription(MarkerArray, "/localizer/map_markers", map_markers.append, latched)
+
+        assert transition(client, Transition.TRANSITION_CONFIGURE)
+        assert state(client) == "inactive"
+        assert images.get_subscription_count() == 0, "an inactive node must not subscribe"
+        assert transition(client, Transition.TRANSITION_ACTIVATE)
+        process.wait_for(READY_LOG, 30)
+        assert state(client) == "active"
+        assert client.spin_until(lambda: images.get_subscription_count() > 0, 10)
+
+        # Map keyframes are latched: a late subscriber still gets them.
+        assert client.spin_until(lambda: map_markers, 10)
+        from cmirl_ros.mapdb import MapDatabase
+
+        assert len(map_markers[-1].markers[0].points) == len(MapDatabase.load(lite_map))
+
+        frame = KittiSequence(sim_root, "00")[3]
+
+        def send(seconds: float) -> None:
+            images.publish(numpy_to_image(frame.image, "rgb8", stamp=seconds_to_stamp(seconds), frame_id="camera"))
+
+        send(1.0)
+        assert client.spin_until(lambda: matches, 30), "no match while active"
+        assert matches[-1].header.frame_id == "map" and matches[-1].header.stamp == seconds_to_stamp(1.0)
+        assert client.spin_until(lambda: markers, 5)
+        assert {m.ns for m in markers[-1].markers} == {"matches"}
+
+        # Disabled: inputs are ignored.
+        assert client.call(SetBool, "/localizer/set_enabled", SetBool.Request(data=False)).success
+        count = len(matches)
+        send(2.0)
+        client.spin_until(lambda: len(matches) > count, 3)
+        assert len(matches) == count, "a disabled node answered"
+        assert client.call(SetBool, "/localizer/set_enabled", SetBool.Request(data=True)).success
+        send(3.0)
+        assert client.spin_until(lambda: len(matches) > count, 30)
+
+        reload = client.call(Trigger, "/localizer/reload_map", Trigger.Request())
+        assert reload.success and "keyframes" in reload.message
+
+        diagnostics.clear()
+        assert client.spin_until(lambda: diagnostics, 5)
+        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+        assert values["state"] == "active" and int(values["answered"]) >= 2 and int(values["map_size"]) > 0
+        assert float(values["latency_ms_p50"]) > 0
+
+        assert transition(client, Transition.TRANSITION_DEACTIVATE)
+        assert state(client) == "inactive"
+        assert client.spin_until(lambda: images.get_subscription_count() == 0, 10)
+        assert transition(client, Transition.TRANSITION_CLEANUP)
+        assert state(client) == "unconfigured"
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = process.stop(signal.SIGINT)
+    assert code == 0, process.log()
+    assert "Traceback" not in process.log(), process.log()
+
+
+def test_plain_node_without_map_exits_with_a_clear_error(ros_workdir):
+    process = start_localizer({"model": "cmirl_lite", "map": str(ros_workdir / "missing_map"), "device": "cpu"}, ros_workdir)
+    try:
+        code = process.process.wait(timeout=120)
+    finally:
+        process.stop()
+    assert code == 1
+    assert "configure failed" in process.log() and "missing_map" in process.log()
