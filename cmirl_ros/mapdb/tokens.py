@@ -47,8 +47,9 @@ def attention_scores(query_tokens: np.ndarray, candidate_tokens: np.ndarray, tem
     """
     q = query_tokens.astype(np.float32)
     k = candidate_tokens.astype(np.float32)
-    logits = np.einsum("tc,kjc->ktj", q, k) / temperature
-    weights = np.exp(logits - logits.max(axis=2, keepdims=True))
+    logits = np.matmul(k, q.T).transpose(0, 2, 1) / temperature  # (K, Tq, Tk)
+    logits -= logits.max(axis=2, keepdims=True)
+    weights = np.exp(logits)
     weights /= weights.sum(axis=2, keepdims=True)
-    attended = np.einsum("ktj,kjc->ktc", weights, k)
-    return np.einsum("tc,ktc->kt", q, attended).mean(axis=1)
+    attended = np.matmul(weights, k)  # (K, Tq, C)
+    return (attended * q).sum(axis=2).mean(axis=1)
