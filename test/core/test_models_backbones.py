@@ -23,9 +23,8 @@ def _imagenet_input(path: Path, size: int = 224) -> torch.Tensor:
     return ((x - mean) / std)[None]
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2])
-def test_lite_imagenet_weights_load_strictly_and_classify_a_real_photo(variant):
-    name = f"tf_efficientnet_lite{variant}"
+@pytest.mark.parametrize("name", [f"{prefix}efficientnet_lite{v}" for prefix in ("tf_", "") for v in (0, 1, 2)])
+def test_lite_imagenet_weights_load_strictly_and_classify_a_real_photo(name):
     model = create_timm_model(name, "imagenet").eval()  # load_state_dict(strict=True) inside
     package_file = BACKBONES.get(name).imagenet_weights()
     source = read_state_dict(package_file)

@@ -103,7 +103,7 @@ def test_config_name_gives_an_untrained_eval_model():
     # ImageNet-initialised: the RGB stem holds the Lite0 package weights.
     from cmirl_ros.models.backbones import create_timm_model
 
-    reference = create_timm_model("tf_efficientnet_lite0", "imagenet")
+    reference = create_timm_model("efficientnet_lite0", "imagenet")
     assert torch.equal(loaded.encoder.rgb.trunk.conv_stem.weight, reference.conv_stem.weight)
 
 
