@@ -55,6 +55,8 @@ def _lidar_overlay(simulator: Simulator, index: int, image: np.ndarray) -> np.nd
     """The scan projected with the written calibration (colour = depth), over a dimmed image."""
     calib = simulator.calib.calibration()
     depth = project_to_depth(simulator.scan(index), calib.T_cam_sensor, calib.camera)
+    grow = max(1, round(calib.camera.width / 500))  # thicken points so they survive the tile's downscaling
+    depth = cv2.dilate(depth, np.ones((2 * grow - 1, 2 * grow - 1), np.uint8)) if grow > 1 else depth
     v, u = np.nonzero(depth > 0)
     hue = (np.clip(depth[v, u] / 60.0, 0, 1) * 120).astype(np.uint8)  # red near -> blue far
     colours = cv2.cvtColor(np.stack([hue, np.full_like(hue, 255), np.full_like(hue, 255)], 1)[None], cv2.COLOR_HSV2RGB)[0]
@@ -70,17 +72,15 @@ def write_contact_sheet(config: SimConfig, out_png: str | Path, frame: int | Non
     revisit, first = pick_revisit(day) if frame is None else (frame, first_visit(day, frame))
     if not 0 <= revisit < len(day.poses):
         raise ValueError(f"--sheet-frame {revisit}: the trajectory has frames 0..{len(day.poses) - 1}")
-    tiles = [_label(day.render_image(first).image, f"first visit, frame {first} (day)")]
-    day_image = None
+    images = {f"first visit, frame {first} (day)": day.render_image(first).image}
     for name in CONDITIONS:
         simulator = day if name == "day" else Simulator(replace(config, condition=name), world=day.world)
-        image = simulator.render_image(revisit).image
-        day_image = image if name == "day" else day_image
-        tiles.append(_label(image, f"revisit, frame {revisit}: {name}"))
-    tiles.append(_label(_lidar_overlay(day, revisit, day_image), "LiDAR scan projected with calib.txt"))
-    h, w = tiles[0].shape[:2]
+        images[f"revisit, frame {revisit}: {name}"] = simulator.render_image(revisit).image
+    day_image = images[f"revisit, frame {revisit}: day"]
+    images["LiDAR scan projected with calib.txt"] = _lidar_overlay(day, revisit, day_image)
+    h, w = day_image.shape[:2]
     size = (TILE_WIDTH, round(h * TILE_WIDTH / w))
-    tiles = [cv2.resize(t, size, interpolation=cv2.INTER_AREA) for t in tiles]
+    tiles = [_label(cv2.resize(image, size, interpolation=cv2.INTER_AREA), text) for text, image in images.items()]
     rows = [np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles), 3)]
     sheet = np.vstack(rows)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from embreex.mesh_construction import TriangleMesh
 
 from cmirl_ros.geometry import PinholeCamera
 from cmirl_ros.sim.conditions import Condition, add_precipitation, exposure_at, lidar_weather_keep, sun_direction
-from cmirl_ros.sim.world import FACADE, FENCE, GLASS, MARKING, PAINT, REFLECTIVITY, ROAD, SIDEWALK, TERRAIN, Mesh
+from cmirl_ros.sim.world import FENCE, GLASS, MARKING, PAINT, REFLECTIVITY, ROAD, SIDEWALK, TERRAIN, Mesh
 
 SHADOW_RANGE = 150.0  # m; farther surfaces are too small in the image for their shadows to matter
 WARM_LIGHT = np.float32([1.0, 0.8, 0.5])

@@ -374,65 +374,69 @@ def _sign(builder: MeshBuilder, rng, xz, bottom_y, facing) -> None:
     add_box(builder, xz, bottom_y - 2.2, width, 0.05, rng.uniform(0.6, 1.0), across, colour, SIGN)
 
 
-def _roadside(builder: MeshBuilder, samples: StreetSamples, grid: _Grid, rng: np.random.Generator) -> list[ParkingSlot]:
-    """Walk each side of the path placing buildings, fences, trees, poles, signs and parking slots."""
+def _along(samples: StreetSamples, s: float):
+    """Street sample nearest to arc length `s`: position, tangent, right vector, ground height."""
+    i = int(np.clip(round(s / SAMPLE_STEP), 0, len(samples) - 1))
+    return samples.xz[i], samples.tangent[i], samples.right[i], float(samples.ground_y[i])
+
+
+def _buildings(builder: MeshBuilder, samples: StreetSamples, grid: _Grid, rng, side: float, first_id: int) -> int:
+    """A row of buildings (and fences across some gaps) along one side; returns the next building id."""
+    total = (len(samples) - 1) * SAMPLE_STEP
+    building_id = first_id
+    s = rng.uniform(0, 10)
+    while s < total:
+        width = rng.uniform(8, 30)
+        setback = rng.uniform(STREET_CLEARANCE + 0.5, 14.0)
+        depth = rng.uniform(8, 22)
+        p, t, r, gy = _along(samples, s + width / 2)
+        centre = p + side * r * (setback + depth / 2)
+        if grid.claim(_footprint(centre, t, width, depth), STREET_CLEARANCE):
+            _building(builder, rng, centre, t, width, depth, gy, building_id)
+            building_id += 1
+        gap = rng.choice([0.5, 1.0, 3.0, rng.uniform(6, 30)])
+        if gap >= 6:
+            fp, ft, fr, fgy = _along(samples, s + width)
+            start = fp + side * fr * (STREET_CLEARANCE + 0.8)
+            if rng.random() < 0.6 and grid.claim(_footprint(start + ft * gap / 2, ft, gap, 0.2), STREET_CLEARANCE):
+                _fence(builder, rng, start, ft, gap, fgy)
+        s += width + gap
+    return building_id
+
+
+def _street_furniture(builder: MeshBuilder, samples: StreetSamples, grid: _Grid, rng, side: float) -> list[ParkingSlot]:
+    """Trees, lamp posts, signs and parking slots on one side, in zones of 40-120 m so stretches differ."""
+    total = (len(samples) - 1) * SAMPLE_STEP
     slots: list[ParkingSlot] = []
-    arc = np.arange(len(samples)) * SAMPLE_STEP
-    total = arc[-1]
-
-    def at(s: float):
-        i = int(np.clip(round(s / SAMPLE_STEP), 0, len(samples) - 1))
-        return samples.xz[i], samples.tangent[i], samples.right[i], float(samples.ground_y[i])
-
-    building_id = 0
-    for side in (1.0, -1.0):
-        s = rng.uniform(0, 10)
-        while s < total:
-            width = rng.uniform(8, 30)
-            setback = rng.uniform(STREET_CLEARANCE + 0.5, 14.0)
-            depth = rng.uniform(8, 22)
-            p, t, r, gy = at(s + width / 2)
-            centre = p + side * r * (setback + depth / 2)
-            if grid.claim(_footprint(centre, t, width, depth), STREET_CLEARANCE):
-                building_id += 1
-                _building(builder, rng, centre, t, width, depth, gy, building_id)
-            gap = rng.choice([0.5, 1.0, 3.0, rng.uniform(6, 30)])
-            if gap >= 6:
-                fp, ft, fr, fgy = at(s + width)
-                start = fp + side * fr * (STREET_CLEARANCE + 0.8)
-                if rng.random() < 0.6 and grid.claim(_footprint(start + ft * gap / 2, ft, gap, 0.2), STREET_CLEARANCE):
-                    _fence(builder, rng, start, ft, gap, fgy)
-            s += width + gap
-        # Street furniture on the sidewalk, placed in zones so stretches differ.
-        s = rng.uniform(0, 20)
-        while s < total:
-            zone_end = s + rng.uniform(40, 120)
-            trees, parking = rng.random() < 0.55, side > 0 and rng.random() < 0.6
-            lamp_spacing, tree_spacing = rng.uniform(22, 40), rng.uniform(8, 15)
-            u = s
-            while u < min(zone_end, total):
-                p, t, r, gy = at(u)
+    s = rng.uniform(0, 20)
+    while s < total:
+        zone_end = min(s + rng.uniform(40, 120), total)
+        trees, parking = rng.random() < 0.55, side > 0 and rng.random() < 0.6
+        lamp_spacing, tree_spacing = rng.uniform(22, 40), rng.uniform(8, 15)
+        if trees:
+            for u in np.arange(s, zone_end, tree_spacing):
+                p, t, r, gy = _along(samples, u)
                 here = np.array([p + side * r * 6.6])
-                if trees and grid.claim(here, 5.5):
+                if grid.claim(here, 5.5):
                     _tree(builder, rng, here[0], gy - CURB_HEIGHT)
-                u += tree_spacing
-            for u in np.arange(s, min(zone_end, total), lamp_spacing):
-                p, t, r, gy = at(u)
-                here = np.array([p + side * r * 5.5])
-                if grid.claim(here, 5.0):
-                    _lamp_post(builder, rng, here[0], gy - CURB_HEIGHT, -side * r)
-            if rng.random() < 0.6:
-                p, t, r, gy = at(s + 5)
-                here = np.array([p + side * r * 5.8 + t * 0.7])
-                if grid.claim(here, 5.0):
-                    _sign(builder, rng, here[0], gy - CURB_HEIGHT, -t)
-            if parking:
-                for u in np.arange(s + 4, min(zone_end, total) - 4, 6.5):
-                    p, t, r, gy = at(u)
-                    xz = p + r * PARKING_LATERAL
-                    if grid.street_tree.query(xz)[0] > PARKING_LATERAL - 0.4 and grid.claim(xz[None], 0.0):
-                        slots.append(ParkingSlot(xz, gy, t))
-            s = zone_end
+        for u in np.arange(s, zone_end, lamp_spacing):
+            p, t, r, gy = _along(samples, u)
+            here = np.array([p + side * r * 5.5])
+            if grid.claim(here, 5.0):
+                _lamp_post(builder, rng, here[0], gy - CURB_HEIGHT, -side * r)
+        if rng.random() < 0.6:
+            p, t, r, gy = _along(samples, s + 5)
+            here = np.array([p + side * r * 5.8 + t * 0.7])
+            if grid.claim(here, 5.0):
+                _sign(builder, rng, here[0], gy - CURB_HEIGHT, -t)
+        if parking:  # right-hand traffic: cars park on the right
+            for u in np.arange(s + 4, zone_end - 4, 6.5):
+                p, t, r, gy = _along(samples, u)
+                xz = p + r * PARKING_LATERAL
+                # Not where another street passes (crossings), and one car per spot on revisited streets.
+                if grid.street_tree.query(xz)[0] > PARKING_LATERAL - 0.4 and grid.claim(xz[None], 0.0):
+                    slots.append(ParkingSlot(xz, gy, t))
+        s = zone_end
     return slots
 
 
@@ -465,5 +469,9 @@ def build_world(poses: np.ndarray, seed: int) -> World:
     builder = MeshBuilder()
     _terrain(builder, samples)
     _streets(builder, samples, rng)
-    slots = _roadside(builder, samples, _Grid(samples), rng)
+    grid = _Grid(samples)
+    next_id = 0
+    for side in (1.0, -1.0):
+        next_id = _buildings(builder, samples, grid, rng, side, next_id)
+    slots = [slot for side in (1.0, -1.0) for slot in _street_furniture(builder, samples, grid, rng, side)]
     return World(builder.build(), slots, seed)
