@@ -59,6 +59,12 @@ def load_model_config(cfg: dict | str | Path) -> dict[str, Any]:
     if isinstance(cfg, dict):
         config = copy.deepcopy(cfg)
         origin = f"model config '{config.get('name', '?')}'"
+        unknown = set(config) - CONFIG_KEYS
+        if unknown:
+            raise ValueError(f"{origin}: unknown model config keys: {', '.join(sorted(unknown))}")
+        base = config.pop("base", None)
+        if base is not None:
+            config = _merge(_read_config_file(resolve_config(base, "models")), config)
     else:
         path = resolve_config(cfg, "models")
         config = _read_config_file(path)

@@ -239,3 +239,21 @@ def test_config_base_merge_and_errors(tmp_path):
         build_model(option, load_pretrained=False)
     with pytest.raises(FileNotFoundError, match="no models config 'nonexistent'"):
         load_model_config("nonexistent")
+    as_dict = load_model_config({"base": "cmirl_lite", "name": "wide", "descriptor_dim": 512})
+    assert as_dict["descriptor_dim"] == 512 and as_dict["fusion"] == load_model_config("cmirl_lite")["fusion"]
+
+
+def test_acma_interpolation_fills_real_kinect_depth(sevenscenes):
+    """Untrained ACMA completion (dT = identity) on a real depth map thinned to 10 % of its pixels."""
+    import cv2
+
+    raw = cv2.imread(str(sevenscenes / "frame-000100.depth.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    depth = np.where(raw == 65535, 0.0, raw / 1000.0)[::4, ::4].astype(np.float32)  # 120x160 metres
+    valid = depth > 0
+    keep = valid & (np.random.default_rng(0).random(depth.shape) < 0.1)
+    held_out = valid & ~keep
+    with torch.no_grad():
+        dense = ACMA(max_depth=10.0)(torch.from_numpy(np.where(keep, depth, 0.0))[None, None].float())[0, 0].numpy()
+    error = np.abs(dense[held_out] - depth[held_out])
+    assert (dense[held_out] > 0).all()
+    assert np.median(error) < 0.05  # metres, on a scene at 0.8-2.9 m (measured: 0.030; IP-Basic 0.011)
