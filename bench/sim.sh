@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 .venv/bin/cmirl bench sim --frames 24 --json bench/sim_full.json
 .venv/bin/cmirl bench sim --frames 24 --width 620 --height 188 --json bench/sim_half.json
-.venv/bin/cmirl sim --contact-sheet bench/sim_contact_sheet.png --sheet-frame 920
+.venv/bin/cmirl sim --contact-sheet bench/sim_contact_sheet.png --sheet-frame 720

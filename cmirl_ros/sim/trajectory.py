@@ -98,15 +98,19 @@ def parse_frames(spec: str | None, count: int) -> range:
 
 
 def revisit_weight(poses: np.ndarray, stamps: np.ndarray, radius: float = 12.0, after_s: float = 30.0,
-                   ramp_frames: int = 15) -> np.ndarray:
-    """(N,) in [0,1]: 1 on frames that come back to a place seen more than `after_s` earlier, ramped at the ends."""
+                   ramp_frames: int = 15, after_m: float = 50.0) -> np.ndarray:
+    """(N,) in [0,1]: 1 on frames that come back to a place seen more than `after_s` and `after_m` of driving
+    earlier (so waiting at a light is no revisit), ramped over `ramp_frames` at both ends."""
     xz = poses[:, [0, 2], 3]
-    tree = cKDTree(xz)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xz, axis=0), axis=1))])
     revisit = np.zeros(len(xz))
-    for i, neighbours in enumerate(tree.query_ball_point(xz, radius)):
-        revisit[i] = float(any(stamps[j] < stamps[i] - after_s for j in neighbours))
-    kernel = np.ones(2 * ramp_frames + 1) / (2 * ramp_frames + 1)
-    return np.clip(np.convolve(revisit, kernel, mode="same"), 0.0, 1.0)
+    for i, neighbours in enumerate(cKDTree(xz).query_ball_point(xz, radius)):
+        j = np.asarray(neighbours, dtype=int)
+        revisit[i] = float(np.any((stamps[j] < stamps[i] - after_s) & (arc[j] < arc[i] - after_m)))
+    if ramp_frames == 0:
+        return revisit
+    width = 2 * ramp_frames + 1
+    return np.convolve(revisit, np.ones(width), mode="same") / width  # sum first: full runs give exactly 1
 
 
 def apply_viewpoint_change(poses: np.ndarray, weight: np.ndarray, lateral_m: float, yaw_deg: float) -> np.ndarray:

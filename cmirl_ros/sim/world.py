@@ -329,13 +329,23 @@ def _building(builder: MeshBuilder, rng, centre, axis, length, depth, bottom_y, 
     roof = hsv(rng.uniform(0, 0.12), rng.uniform(0, 0.4), rng.uniform(0.2, 0.45))
     # Extend 2 m into the ground so slopes never show a gap under the building.
     add_box(builder, centre, bottom_y + 2.0, length, depth, height + 2.0, axis, colour, FACADE, pattern, window, roof, ROOF)
-    if floors >= 3 and rng.random() < 0.35:  # a set-back upper tier changes the silhouette
+    if floors <= 3 and rng.random() < 0.6:  # houses get a gable roof
+        _gable_roof(builder, centre, bottom_y - height, length, depth, rng.uniform(1.5, 0.45 * depth), axis, roof)
+    elif floors >= 3 and rng.random() < 0.35:  # a set-back upper tier changes the silhouette
         top_y = bottom_y - height
         add_box(builder, centre, top_y, length * rng.uniform(0.4, 0.8), depth * rng.uniform(0.4, 0.8),
                 floor_h * rng.integers(1, 3), axis, colour * 0.9, FACADE, pattern, window, roof, ROOF)
     elif rng.random() < 0.5:  # a rooftop box
         add_box(builder, centre, bottom_y - height, rng.uniform(1.5, 4), rng.uniform(1.5, 4), rng.uniform(1, 2.5),
                 axis, np.float32([0.55, 0.55, 0.55]), METAL)
+
+
+def _gable_roof(builder: MeshBuilder, centre, top_y, length, depth, rise, axis_xz, colour) -> None:
+    """A pitched roof on a box top: two slopes meeting at a ridge along `axis_xz`, two gable ends."""
+    corners = box(centre, top_y, length + 0.4, depth + 0.6, 0.0, axis_xz)[:4]  # eaves overhang a little
+    ridge = box(centre, top_y - rise, length + 0.4, 0.0, 0.0, axis_xz)[:2]
+    v = np.vstack([corners, ridge])  # corners: bit0 along, bit1 across; 4, 5 = ridge ends (-a, +a)
+    builder.add(v, [[0, 1, 5], [0, 5, 4], [2, 3, 5], [2, 5, 4], [0, 2, 4], [1, 3, 5]], colour, ROOF)
 
 
 def _fence(builder: MeshBuilder, rng, start, axis, length, bottom_y) -> None:
@@ -411,8 +421,8 @@ def _street_furniture(builder: MeshBuilder, samples: StreetSamples, grid: _Grid,
     s = rng.uniform(0, 20)
     while s < total:
         zone_end = min(s + rng.uniform(40, 120), total)
-        trees, parking = rng.random() < 0.55, side > 0 and rng.random() < 0.6
-        lamp_spacing, tree_spacing = rng.uniform(22, 40), rng.uniform(8, 15)
+        trees, parking = rng.random() < 0.4, side > 0 and rng.random() < 0.6
+        lamp_spacing, tree_spacing = rng.uniform(22, 40), rng.uniform(10, 18)
         if trees:
             for u in np.arange(s, zone_end, tree_spacing):
                 p, t, r, gy = _along(samples, u)
@@ -455,10 +465,15 @@ def parked_cars(slots: list[ParkingSlot], seed: int, epoch: int) -> Mesh:
         xz = slot.xz + axis * rng.uniform(-0.8, 0.8)
         length, width = rng.uniform(3.8, 4.8), rng.uniform(1.65, 1.9)
         body = CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
-        add_box(builder, xz, slot.ground_y - 0.25, length, width, rng.uniform(0.6, 0.8), axis, body, PAINT)
-        cabin_h = rng.uniform(0.45, 0.7)
-        add_box(builder, xz - axis * 0.2, slot.ground_y - 0.95, length * 0.55, width * 0.9, cabin_h, axis,
-                np.float32([0.08, 0.1, 0.12]), GLASS, top_colour=body, top_material=PAINT)
+        body_h = rng.uniform(0.55, 0.8)
+        add_box(builder, xz, slot.ground_y - 0.3, length, width, body_h, axis, body, PAINT)
+        add_box(builder, xz - axis * 0.2, slot.ground_y - 0.3 - body_h, length * 0.55, width * 0.9,
+                rng.uniform(0.45, 0.7), axis, np.float32([0.08, 0.1, 0.12]), GLASS, top_colour=body, top_material=PAINT)
+        across = np.array([-axis[1], axis[0]])
+        for along_sign, across_sign in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+            # Tyres stand 2 cm proud of the body side (coplanar faces would flicker).
+            wheel = xz + along_sign * (length / 2 - 0.8) * axis + across_sign * (width / 2 - 0.1) * across
+            add_box(builder, wheel, slot.ground_y, 0.62, 0.24, 0.62, axis, np.float32([0.05, 0.05, 0.05]), PAINT)
     return builder.build()
 
 
