@@ -24,7 +24,7 @@ from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE, atomic_write_text
 from cmirl_ros.sim.conditions import get_condition
 from cmirl_ros.sim.render import CameraImage, LidarModel, Renderer, camera_rays, render_camera, scan_lidar
 from cmirl_ros.sim.trajectory import apply_viewpoint_change, load_trajectory, parse_frames, revisit_weight
-from cmirl_ros.sim.world import CAR_EPOCH_S, World, build_world
+from cmirl_ros.sim.world import CAR_EPOCH_S, WORLD_VERSION, World, build_world
 
 # The real calibration of KITTI odometry sequences 00-02 (recording 2011-10-03), from
 # ../shared/data/kitti-odometry-meta/calib/2011_10_03_seq00-02.txt, embedded so the
@@ -186,7 +186,8 @@ def simulate_sequence(config: SimConfig, out_root: str | Path, seq: str, progres
     write_kitti_poses(out_root / "poses" / f"{seq}.txt", simulator.poses[frames])
     # Provenance; the worker count is left out because it never changes the output.
     provenance = {k: v for k, v in asdict(config).items() if k != "workers"}
-    provenance.update(trajectory_name=simulator.name, source_frames=[frames[0], frames[-1] + 1, simulator.frames.step])
+    provenance.update(world_version=WORLD_VERSION, trajectory_name=simulator.name,
+                      source_frames=[frames[0], frames[-1] + 1, simulator.frames.step])
     atomic_write_text(sequence_dir / "sim.json", json.dumps(provenance, indent=2) + "\n")
     jobs = list(enumerate(frames))
     chunks = [jobs[i:i + 8] for i in range(0, len(jobs), 8)]  # contiguous chunks keep one car epoch per scene build

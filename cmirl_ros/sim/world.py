@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+# Bumped whenever the same trajectory and seed would give another town: sequences meant to share
+# one world (train / test / conditions) must carry the same version (it is written to sim.json).
+WORLD_VERSION = 1
 CAMERA_HEIGHT = 1.65  # m, KITTI camera 0 above the road
 SAMPLE_STEP = 1.5  # m between street samples along the path
 
