@@ -4,8 +4,8 @@
         --frames 3000:4541 --radius 10 --exclude-seconds 30 --json out/eval/00.json
 
 `--ablations full=cmirl_driving no_acma=DIR ...` evaluates several models (paper Table 1),
-`--conditions day=ROOT fog=ROOT ...` the same model on query sets recorded under different
-conditions against one map (paper Table 2). A variant without its own map (`NAME=MODEL@MAPDIR`)
+`--conditions day=ROOT fog=ROOT ...` query sets recorded under different conditions against
+one map (paper Table 2; with --ablations too, one column per model). A variant without its own map (`NAME=MODEL@MAPDIR`)
 gets an in-memory map built from the dataset by the same code path as `cmirl map build`.
 """
 from __future__ import annotations
@@ -74,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
     set_torch_threads()
     protocols = ("paper", "revisit") if args.protocol == "both" else (args.protocol,)
-    if args.ablations and args.conditions:
-        raise ValueError("--ablations and --conditions make different tables; run them one at a time")
     if args.ablations:
         variants = [(name, *spec.partition("@")[::2]) for name, spec in _pairs(args.ablations, "--ablations")]
     else:
@@ -98,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         map_args.frames = args.map_frames
         return MapSide.from_database(build_map(open_dataset(map_args), model, args.keyframe_distance, args.keyframe_angle))
 
-    rows, curves = [], {}
+    table: dict[str, dict[str, dict]] = {}  # row label -> column group -> protocol -> metrics
+    curves = {}
     for variant, model_name, map_dir in variants:
         model = load_model(model_name, device=args.device)
         map_side = map_for(model, map_dir)
@@ -110,13 +109,15 @@ def run(args: argparse.Namespace) -> int:
             metrics = {p: r.to_dict() for p, r in results.items()}
             row_label = condition if condition else variant
             group = variant if condition else label
-            rows.append((row_label, {group: metrics}))  # Table 2 rows are conditions, Table 1 rows variants
+            # Table 2: rows = conditions, columns = models; otherwise rows = models, columns = the sequence.
+            table.setdefault(row_label, {})[group] = metrics
             for p, r in results.items():
-                curves[f"{row_label} ({p})"] = r.recall_curve
+                curves[f"{group} {row_label} ({p})" if condition else f"{row_label} ({p})"] = r.recall_curve
             summary = ", ".join(f"{p}: R@1 {_fmt(r.recall_at_1)} R@1% {_fmt(r.recall_at_1_percent)} "
                                 f"({r.num_queries} queries)" for p, r in results.items())
             print(f"{row_label} [{group}]: {summary}")
 
+    rows = list(table.items())
     primary = protocols[0]
     first = rows[0][1][next(iter(rows[0][1]))][primary]
     report = {

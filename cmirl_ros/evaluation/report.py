@@ -32,39 +32,34 @@ def _groups_and_protocols(rows: list[Row]) -> tuple[list[str], list[str]]:
 
 
 def markdown_table(rows: list[Row], title: str = "", row_header: str = "model") -> str:
-    """Recall@1 / Recall@1% (%) for each group and protocol, queries counted, and a chance row."""
+    """Recall@1 / Recall@1% (%) per group and protocol, then the chance level of each protocol.
+
+    Chance (the expected recall of a random ranking) depends on the map and the queries, not on
+    the model, so each row carries it once per protocol (from its first group).
+    """
     groups, protocols = _groups_and_protocols(rows)
     header = [row_header]
     for group in groups:
         for protocol in protocols:
             header += [f"{group} {protocol} R@1", f"{group} {protocol} R@1%"]
+    header += [f"chance {protocol} R@1 / R@1%" for protocol in protocols]
+    header += ["queries (" + " / ".join(protocols) + ")"]
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def cells(by_group, keys):
-        out = []
+    for label, by_group in rows:
+        cells = [label]
         for group in groups:
             for protocol in protocols:
                 metrics = by_group.get(group, {}).get(protocol)
-                out += [_percent(metrics.get(k)) if metrics else "-" for k in keys]
-        return out
-
-    for label, by_group in rows:
-        lines.append("| " + " | ".join([label] + cells(by_group, ("recall@1", "recall@1%"))) + " |")
-    # Chance depends on the map and the protocol, not on the model: take it from the first row that has it.
-    chance: dict[str, dict[str, dict]] = {}
-    for _, by_group in rows:
-        for group, by_protocol in by_group.items():
-            for protocol, metrics in by_protocol.items():
-                chance.setdefault(group, {}).setdefault(protocol, metrics)
-    lines.append("| chance (random ranking) | " + " | ".join(cells(chance, ("chance@1", "chance@1%"))) + " |")
-    counts = []
-    for group in groups:
+                cells += [_percent(metrics.get(k)) if metrics else "-" for k in ("recall@1", "recall@1%")]
+        first = by_group[next(iter(by_group))]
         for protocol in protocols:
-            metrics = chance.get(group, {}).get(protocol)
-            if metrics:
-                counts.append(f"{group} {protocol}: {metrics['num_queries']} queries, {metrics['num_map_entries']} map entries")
-    lines += ["", "Counted: " + "; ".join(counts) + "."]
+            m = first.get(protocol)
+            cells.append(f"{_percent(m.get('chance@1'))} / {_percent(m.get('chance@1%'))}" if m else "-")
+        cells.append(" / ".join(str(first[p]["num_queries"]) if p in first else "-" for p in protocols))
+        lines.append("| " + " | ".join(cells) + " |")
+    maps = sorted({m["num_map_entries"] for _, g in rows for by_p in g.values() for m in by_p.values()})
+    lines += ["", f"Map entries: {', '.join(map(str, maps))}. R@1% = a correct entry in the top max(1, round(M/100))."]
     return "\n".join(lines) + "\n"
 
 

@@ -68,8 +68,8 @@ def test_report_table_json_and_plot(tmp_path):
     rows = [("cmirl", {"00": {p: r.to_dict() for p, r in res.items()}})]
     md = markdown_table(rows, title="t")
     assert "| 00 paper R@1 | 00 paper R@1% | 00 revisit R@1 |" in md
-    assert "| cmirl | 100.0 | 100.0 | - | - |" in md  # revisit: no query truly revisits
-    assert "| chance (random ranking) | 33.3 | 33.3 | - | - |" in md
+    # revisit: no query truly revisits; chance of paper R@1 = one correct entry out of three
+    assert "| cmirl | 100.0 | 100.0 | - | - | 33.3 / 33.3 | - / - | 3 / 0 |" in md
     write_json(tmp_path / "r.json", {"rows": rows})
     assert json.loads((tmp_path / "r.json").read_text())["rows"][0][1]["00"]["paper"]["recall@1"] == 1.0
     plot_recall_curves({"cmirl": res["paper"].recall_curve}, tmp_path / "curve.png")

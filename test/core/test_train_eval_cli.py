@@ -68,7 +68,7 @@ def test_ablation_and_condition_tables(trained, sevenscenes, tmp_path):
     assert main(["eval", *data, "--ablations", f"trained={out}", f"untrained={root / 'tiny_model.yaml'}",
                  "--json", str(tmp_path / "abl.json")]) == 0
     md = (tmp_path / "abl.md").read_text()
-    assert "| trained |" in md and "| untrained |" in md and "chance" in md
+    assert "| trained |" in md and "| untrained |" in md and "chance paper R@1 / R@1%" in md
     assert main(["eval", "--model", str(out), *data, "--conditions", f"day={sevenscenes}", f"again={sevenscenes}",
                  "--json", str(tmp_path / "cond.json")]) == 0
     rows = json.loads((tmp_path / "cond.json").read_text())["rows"]
