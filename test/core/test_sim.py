@@ -1,6 +1,7 @@
 """The simulator writes KITTI-layout sequences whose camera and LiDAR agree, deterministically."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from cmirl_ros.geometry import project_to_depth, read_kitti_poses, revisit_mask
 from cmirl_ros.sim import DEMO_SIM, SimConfig, Simulator, simulate_sequence
 from cmirl_ros.sim.conditions import CONDITIONS
 from cmirl_ros.sim.trajectory import loop_trajectory, revisit_weight
+from cmirl_ros.sim.world import WORLD_VERSION
 
 # Small images and frames on the route's first street: fast, and the LiDAR scan stays full size.
 SMALL = SimConfig(trajectory="loop", frames="100:106:2", width=320, height=97, seed=3, workers=1)
@@ -41,6 +43,7 @@ def test_writes_exactly_the_kitti_layout(written):
     assert sorted(p.name for p in (seq / "velodyne").iterdir()) == ["000000.bin", "000001.bin", "000002.bin"]
     assert (seq / "calib.txt").is_file() and (written / "poses" / "07.txt").is_file()
     assert len((seq / "times.txt").read_text().split()) == 3
+    assert json.loads((seq / "sim.json").read_text())["world_version"] == WORLD_VERSION
     with Image.open(seq / "image_2" / "000000.png") as img:
         assert img.size == (320, 97) and img.mode == "RGB"
 
@@ -138,6 +141,29 @@ def test_loop_route_revisits_after_the_exclusion_window():
     assert revisits.sum() > 150
     demo = Simulator(DEMO_SIM, world=None)
     assert 250 <= len(demo.frames) <= 400 and demo.camera.width <= 640
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """A crude global descriptor: a zero-mean, unit-norm 32x12 grey thumbnail."""
+    grey = np.asarray(Image.fromarray(image).convert("L").resize((32, 12), Image.BILINEAR), np.float32).ravel()
+    grey -= grey.mean()
+    return grey / np.linalg.norm(grey)
+
+
+def test_revisits_look_alike_but_not_identical_and_places_differ():
+    from cmirl_ros.sim.contact_sheet import first_visit
+
+    sim = Simulator(SimConfig(trajectory="loop", width=160, height=48, workers=1))
+    xz = sim.poses[:, [0, 2], 3]
+    for revisit in (700, 740, 940):  # straight stretches of the second pass
+        first = first_visit(sim, revisit)
+        assert np.linalg.norm(xz[first] - xz[revisit]) < 2.0 and sim.stamps[revisit] - sim.stamps[first] > 30
+        query, match = sim.render_image(revisit).image, sim.render_image(first).image
+        assert np.abs(query.astype(int) - match.astype(int)).mean() > 2  # moved cars, other light
+        elsewhere = [i for i in range(0, 640, 16) if np.linalg.norm(xz[i] - xz[revisit]) > 30]
+        q = _thumbnail(query)
+        others = max(float(_thumbnail(sim.render_image(i).image) @ q) for i in elsewhere)
+        assert float(_thumbnail(match) @ q) > others
 
 
 def test_revisits_see_moved_cars(simulator):
