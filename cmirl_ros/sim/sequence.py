@@ -171,31 +171,43 @@ def _render_chunk(chunk: list[tuple[int, int]]) -> int:
 
 def simulate_sequence(config: SimConfig, out_root: str | Path, seq: str, progress: bool = True,
                       simulator: Simulator | None = None) -> Path:
-    """Render the configured frames and write them as KITTI sequence `seq` under `out_root`; returns the sequence dir."""
-    global _WORKER
+    """Render the configured frames and write them as KITTI sequence `seq` under `out_root`; returns the sequence dir.
+
+    `poses/XX.txt` and `times.txt` are removed first and written last, so their presence marks a
+    complete sequence (an interrupted run leaves none).
+    """
     if not seq or "/" in seq:
         raise ValueError(f"--seq {seq!r}: expected a sequence name such as 00")
     simulator = simulator or Simulator(config)
     out_root = Path(out_root)
     sequence_dir = out_root / "sequences" / seq
+    poses_path = out_root / "poses" / f"{seq}.txt"
+    for marker in (poses_path, sequence_dir / "times.txt", sequence_dir / "sim.json"):
+        marker.unlink(missing_ok=True)
     for sub in ("image_2", "velodyne"):
         (sequence_dir / sub).mkdir(parents=True, exist_ok=True)
     frames = list(simulator.frames)
+    _render_frames(simulator, sequence_dir, frames, progress)
     write_kitti_calib(sequence_dir / "calib.txt", simulator.calib)
-    atomic_write_text(sequence_dir / "times.txt", "".join(f"{simulator.stamps[i]:.6e}\n" for i in frames))
-    write_kitti_poses(out_root / "poses" / f"{seq}.txt", simulator.poses[frames])
     # Provenance; the worker count is left out because it never changes the output.
-    provenance = {k: v for k, v in asdict(config).items() if k != "workers"}
+    provenance = {k: v for k, v in asdict(simulator.config).items() if k != "workers"}
     provenance.update(world_version=WORLD_VERSION, trajectory_name=simulator.name,
                       source_frames=[frames[0], frames[-1] + 1, simulator.frames.step])
     atomic_write_text(sequence_dir / "sim.json", json.dumps(provenance, indent=2) + "\n")
+    atomic_write_text(sequence_dir / "times.txt", "".join(f"{simulator.stamps[i]:.6e}\n" for i in frames))
+    write_kitti_poses(poses_path, simulator.poses[frames])
+    return sequence_dir
+
+
+def _render_frames(simulator: Simulator, sequence_dir: Path, frames: list[int], progress: bool) -> None:
+    global _WORKER
     jobs = list(enumerate(frames))
     chunks = [jobs[i:i + 8] for i in range(0, len(jobs), 8)]  # contiguous chunks keep one car epoch per scene build
-    bar = tqdm(total=len(jobs), desc=f"sim {simulator.name} -> {seq} ({config.condition})", unit="frame",
-               disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"sim {simulator.name} -> {sequence_dir.name} ({simulator.config.condition})",
+               unit="frame", disable=not progress)
     _WORKER = (simulator, sequence_dir)
     try:
-        workers = max(1, min(config.workers, len(chunks)))
+        workers = max(1, min(simulator.config.workers, len(chunks)))
         if workers == 1:
             for chunk in chunks:
                 bar.update(_render_chunk(chunk))
@@ -207,7 +219,6 @@ def simulate_sequence(config: SimConfig, out_root: str | Path, seq: str, progres
     finally:
         _WORKER = None
         bar.close()
-    return sequence_dir
 
 
 def with_overrides(config: SimConfig, **changes) -> SimConfig:

@@ -48,6 +48,23 @@ def test_writes_exactly_the_kitti_layout(written):
         assert img.size == (320, 97) and img.mode == "RGB"
 
 
+def test_an_interrupted_run_leaves_no_completion_marker(tmp_path, written, simulator, monkeypatch):
+    import shutil
+
+    import cmirl_ros.sim.sequence as sequence
+
+    shutil.copytree(written, tmp_path / "root")  # a complete earlier run is being overwritten
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sequence, "_write_frame", fail)
+    with pytest.raises(OSError):
+        simulate_sequence(SMALL, tmp_path / "root", "07", progress=False, simulator=simulator)
+    assert not (tmp_path / "root" / "poses" / "07.txt").exists()
+    assert not (tmp_path / "root" / "sequences" / "07" / "times.txt").exists()
+
+
 def test_written_poses_equal_the_requested_trajectory(written):
     expected = loop_trajectory().poses[100:106:2]
     np.testing.assert_allclose(read_kitti_poses(written / "poses" / "07.txt"), expected, atol=1e-6)
