@@ -122,10 +122,17 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     rankings = [candidate_ids(recorded.candidates[i], positions) for i in known]
     excluded = time_exclusion(recorded.stamps[known], mapdb.keyframes.stamps, exclude_seconds)
     k_pct = top1_percent_k(len(mapdb))
+    top1 = np.array([r[0] for r in rankings], dtype=np.int64)
+    per_query = {
+        "stamps": recorded.stamps[known].tolist(),
+        "true_positions": query_poses[:, :3, 3].tolist(),
+        "match_positions": positions[top1].tolist() if len(top1) else [],
+        "correct": correct[np.arange(len(top1)), top1].tolist() if len(top1) else [],
+    }
     return {
         "paper": recall_from_rankings(rankings, correct, None, k_pct),
         "revisit": recall_from_rankings(rankings, correct, excluded, k_pct),
-    }
+    }, per_query
 
 
 def latency_summary(recorded: Recorded) -> dict:
@@ -139,8 +146,10 @@ def latency_summary(recorded: Recorded) -> dict:
 
 def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, radius: float = 10.0,
                  exclude_seconds: float = 30.0, use_scan: bool = False, device: str = "auto",
-                 workdir: Path | None = None, node_params: dict | None = None, log=print) -> dict:
-    """Replay `bag_path` into a fresh localizer node and score its outputs (see module doc)."""
+                 workdir: Path | None = None, node_params: dict | None = None, details: bool = False,
+                 log=print) -> dict:
+    """Replay `bag_path` into a fresh localizer node and score its outputs (see module doc).
+    `details`: also return per-query positions and correctness, the trajectory and the keyframes."""
     import rclpy
 
     from cmirl_ros.mapdb import MapDatabase
@@ -196,8 +205,12 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         "radius_m": radius,
         "exclude_seconds": exclude_seconds,
         **latency_summary(recorded),
-        "protocols": score(recorded, bag, mapdb, radius, exclude_seconds),
     }
+    result["protocols"], per_query = score(recorded, bag, mapdb, radius, exclude_seconds)
+    if details:
+        result["per_query"] = per_query
+        result["trajectory"] = bag.poses[:, :3, 3].tolist()
+        result["keyframes"] = mapdb.keyframes.positions.tolist()
     if owned:
         shutil.rmtree(workdir, ignore_errors=True)
     return result

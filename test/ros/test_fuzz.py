@@ -11,7 +11,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 
 from cmirl_ros.ros.localizer_node import READY_LOG
 from cmirl_ros.ros.processes import start_localizer

@@ -1,0 +1,185 @@
+"""`cmirl bench node`: the localizer node under load, against the bare model forward of the same run.
+
+The bench process publishes KITTI-size (1241x376) rgb8 images stamped with the current time at a
+sweep of rates into a localizer node process (its own 2 torch threads); it measures, per rate,
+the fraction of images answered and the latency from each image's header stamp to the arrival of
+its match. Baseline, measured in this process beforehand with the same thread count: the bare
+model forward on one preprocessed image (no ROS, no preprocessing, no search). The highest
+sustainable rate is the highest one at which >= 95 % of images are answered.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELP = "node: stamp-to-match latency and sustainable input rate vs the bare model forward"
+RATES = (2.0, 5.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0)
+SUSTAINED = 0.95
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="cmirl_driving", help="shipped model, checkpoint path, or model config")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the node and of the baseline")
+    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES), help="input rates to sweep (Hz)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate step")
+    parser.add_argument("--repeats", type=int, default=20, help="baseline forward repetitions")
+    parser.add_argument("--json", type=Path, default=Path("bench/results/node.json"), help="write the figures here")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cmirl_ros.demo import resolve_model
+    from cmirl_ros.ros.bag_eval import isolate_dds
+
+    isolate_dds()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="cmirl_bench_node_"))
+    model_ref, model = resolve_model(args.model, "cpu", work)
+    frames, map_dir = _scene(model, work)
+    baseline = bare_forward_ms(model, frames[0].image, args.repeats)
+    print(f"bench node: bare model forward p50 {baseline:.1f} ms ({args.threads} threads, {model.name})")
+    steps = sweep(model_ref, map_dir, frames, args, work)
+    result = summarize(steps, baseline, args, model.name)
+    print(format_table(result))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"bench node: figures written to {args.json}")
+    return 0
+
+
+def _scene(model, work: Path):
+    """A few KITTI-size simulated frames and a map of them built with the benchmarked model."""
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.mapdb import build_map
+    from cmirl_ros.sim.sequence import SimConfig, simulate_sequence
+
+    simulate_sequence(SimConfig(trajectory="loop", frames="0:200:10", workers=1), work / "sim", "00", progress=False)
+    dataset = KittiSequence(work / "sim", "00")
+    map_dir = build_map(dataset, model, progress=False).save(work / "map")
+    return [dataset[i] for i in range(len(dataset))], map_dir
+
+
+def bare_forward_ms(model, rgb: np.ndarray, repeats: int) -> float:
+    import torch
+
+    image = torch.from_numpy(model.preprocessing.image(rgb))[None]
+    with torch.inference_mode():
+        for _ in range(3):
+            model(image=image)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(image=image)
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]:
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from cmirl_ros.ros.conversions import numpy_to_image, stamp_to_seconds
+    from cmirl_ros.ros.localizer_node import READY_LOG
+    from cmirl_ros.ros.processes import start_localizer
+
+    node = start_localizer({"model": model_ref, "map": str(map_dir), "device": "cpu", "num_threads": args.threads,
+                            "publish_markers": False, "publish_candidates": False}, work)
+    rclpy.init()
+    bench = rclpy.create_node("cmirl_node_bench")
+    arrivals: list[tuple[float, float]] = []  # (query stamp, arrival time), both in s since epoch
+
+    def on_match(msg):
+        arrivals.append((stamp_to_seconds(msg.header.stamp), time.time()))
+
+    bench.create_subscription(PoseWithCovarianceStamped, "/localizer/match", on_match,
+                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    images = bench.create_publisher(Image, "/camera/image", qos_profile_sensor_data)
+    messages = [numpy_to_image(f.image, "rgb8", frame_id="camera") for f in frames]
+    steps = []
+    try:
+        node.wait_for(READY_LOG, 300)
+        deadline = time.monotonic() + 30
+        while images.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for rate in sorted(args.rates):
+            step = _run_rate(rclpy, bench, images, messages, arrivals, rate, args.seconds)
+            steps.append(step)
+            print(f"bench node: {rate:5.1f} Hz -> answered {100 * step['answered_fraction']:.0f}%, "
+                  f"latency p50 {step['latency_ms_p50']:.0f} ms, p95 {step['latency_ms_p95']:.0f} ms")
+            if step["answered_fraction"] < SUSTAINED - 0.15:
+                break  # well past capacity: higher rates only drop more
+    finally:
+        bench.destroy_node()
+        rclpy.try_shutdown()
+        node.stop(signal.SIGINT)
+    return steps
+
+
+def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: float) -> dict:
+    from builtin_interfaces.msg import Time
+
+    arrivals.clear()
+    sent = []
+    period = 1.0 / rate
+    count = max(5, int(round(seconds * rate)))
+    start = time.monotonic()
+    for k in range(count):
+        due = start + k * period
+        while time.monotonic() < due:
+            rclpy.spin_once(bench, timeout_sec=max(0.0, min(0.005, due - time.monotonic())))
+        msg = messages[k % len(messages)]
+        now_ns = time.time_ns()
+        msg.header.stamp = Time(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
+        images.publish(msg)
+        sent.append(now_ns * 1e-9)
+    end = time.monotonic() + 2.0  # answers still in flight
+    while time.monotonic() < end:
+        rclpy.spin_once(bench, timeout_sec=0.05)
+    sent_set = {round(s, 6) for s in sent}
+    latencies = [(arrival - stamp) * 1e3 for stamp, arrival in arrivals if round(stamp, 6) in sent_set]
+    return {
+        "rate_hz": rate,
+        "sent": len(sent),
+        "answered": len(latencies),
+        "answered_fraction": len(latencies) / len(sent),
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else float("nan"),
+        "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else float("nan"),
+    }
+
+
+def summarize(steps: list[dict], baseline_ms: float, args, model_name: str) -> dict:
+    sustained = [s for s in steps if s["answered_fraction"] >= SUSTAINED]
+    best = max(sustained, key=lambda s: s["rate_hz"]) if sustained else None
+    lowest = steps[0] if steps else None
+    return {
+        "model": model_name,
+        "threads": args.threads,
+        "image_size": [1241, 376],
+        "bare_forward_ms_p50": baseline_ms,
+        "latency_ms_p50_at_lowest_rate": lowest["latency_ms_p50"] if lowest else None,
+        "latency_ms_p95_at_lowest_rate": lowest["latency_ms_p95"] if lowest else None,
+        "latency_ratio_p50": (lowest["latency_ms_p50"] / baseline_ms) if lowest else None,
+        "max_sustained_rate_hz": best["rate_hz"] if best else 0.0,
+        "goal": {"latency_ratio_p50_max": 1.2, "rate_hz_min": 10.0},
+        "steps": steps,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'rate Hz':>8} {'answered':>9} {'p50 ms':>8} {'p95 ms':>8}"]
+    for s in result["steps"]:
+        lines.append(f"{s['rate_hz']:8.1f} {100 * s['answered_fraction']:8.0f}% {s['latency_ms_p50']:8.1f} {s['latency_ms_p95']:8.1f}")
+    lines.append(f"bare forward p50 {result['bare_forward_ms_p50']:.1f} ms; stamp->match p50 at "
+                 f"{result['steps'][0]['rate_hz']:.0f} Hz = {result['latency_ratio_p50']:.2f}x the forward (goal <= 1.2x); "
+                 f"highest sustained rate {result['max_sustained_rate_hz']:.0f} Hz (goal >= 10 Hz)")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Bags: KITTI -> mcap round trip, the ROS-free bag dataset, maps from bags, and `cmirl bag eval`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cmirl_ros.datasets.bag import BagSequence, interpolate_poses, resolve_bag_path
+from cmirl_ros.ros.bag_eval import recall_from_rankings
+
+
+def test_bag_from_kitti_round_trips_every_frame(sim_root, sim_bag):
+    from cmirl_ros.datasets.kitti import KittiSequence
+
+    kitti, bag = KittiSequence(sim_root, "00"), BagSequence(sim_bag)
+    assert len(bag) == len(kitti)
+    np.testing.assert_array_equal(bag.stamps, kitti.stamps)  # from times.txt
+    np.testing.assert_allclose(bag.poses, kitti.poses, atol=1e-9)
+    np.testing.assert_allclose(bag.calib.camera.K, kitti.calib.camera.K)
+    assert (bag.calib.camera.width, bag.calib.camera.height) == (kitti.calib.camera.width, kitti.calib.camera.height)
+    np.testing.assert_allclose(bag.calib.T_cam_sensor, kitti.calib.T_cam_sensor, atol=1e-6)
+    for i in (0, len(bag) // 2, len(bag) - 1):
+        a, b = bag[i], kitti[i]
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.points, b.points)
+        assert a.stamp == b.stamp
+
+
+def test_bag_topics_types_and_stamps(sim_bag):
+    from rosbags.rosbag2 import Reader
+
+    from cmirl_ros.datasets.bag import typestore
+
+    store = typestore()
+    with Reader(sim_bag) as reader:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        assert types == {"/camera/image": "sensor_msgs/msg/Image", "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+                         "/lidar/points": "sensor_msgs/msg/PointCloud2", "/ground_truth/odometry": "nav_msgs/msg/Odometry",
+                         "/tf_static": "tf2_msgs/msg/TFMessage"}
+        for connection, bag_time, raw in reader.messages():
+            msg = store.deserialize_cdr(raw, connection.msgtype)
+            stamp = msg.transforms[0].header.stamp if connection.topic == "/tf_static" else msg.header.stamp
+            assert stamp.sec * 10**9 + stamp.nanosec == bag_time  # bag time = header stamp = times.txt
+            if connection.topic == "/ground_truth/odometry":
+                assert (msg.header.frame_id, msg.child_frame_id) == ("map", "camera")
+
+
+def test_bag_path_forms_and_errors(sim_bag, tmp_path):
+    assert resolve_bag_path(sim_bag) == sim_bag
+    assert resolve_bag_path(sim_bag / f"{sim_bag.name}.mcap") == sim_bag
+    assert resolve_bag_path(sim_bag.with_suffix(".mcap")) == sim_bag
+    with pytest.raises(FileNotFoundError, match="not a rosbag2 bag"):
+        resolve_bag_path(tmp_path)
+
+
+def test_pose_interpolation_between_odometry_samples():
+    from scipy.spatial.transform import Rotation
+
+    poses = np.repeat(np.eye(4)[None], 2, axis=0)
+    poses[1, :3, 3] = [10, 0, 0]
+    poses[1, :3, :3] = Rotation.from_euler("z", 90, degrees=True).as_matrix()
+    mid = interpolate_poses(np.array([0.5, 2.0]), np.array([0.0, 1.0]), poses)
+    np.testing.assert_allclose(mid[0, :3, 3], [5, 0, 0])
+    np.testing.assert_allclose(Rotation.from_matrix(mid[0, :3, :3]).as_euler("xyz", degrees=True), [0, 0, 45], atol=1e-9)
+    np.testing.assert_allclose(mid[1], poses[1])  # clamped past the end
+
+
+def test_map_from_bag_equals_map_from_kitti(sim_root, sim_bag, lite_model):
+    """`map build --dataset bag --root BAG` sees the same frames as the KITTI reader."""
+    from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.mapdb import build_map
+
+    args = argparse.Namespace(dataset="bag", root=sim_bag, seq=None, frames="0:6")
+    bag_map = build_map(open_dataset(args), lite_model, progress=False)
+    kitti_map = build_map(open_dataset(argparse.Namespace(dataset="kitti", root=sim_root, seq="00", frames="0:6")),
+                          lite_model, progress=False)
+    np.testing.assert_allclose(bag_map.descriptors, kitti_map.descriptors, atol=1e-5)
+    np.testing.assert_allclose(bag_map.keyframes.positions, kitti_map.keyframes.positions, atol=1e-9)
+
+
+def test_recall_from_rankings_by_hand():
+    correct = np.array([[True, False, False], [False, False, True], [False, True, False]])
+    rankings = [np.array([0, 1, 2]), np.array([0, 2, 1]), np.array([2, 0, 1])]
+    paper = recall_from_rankings(rankings, correct, None, k_percent=2)
+    assert paper == {"queries": 3, "recall@1": pytest.approx(1 / 3), "recall@1%": pytest.approx(2 / 3), "k_1_percent": 2}
+    # Hide keyframe 0 from query 0 (its only match: not counted) and from query 1 (now ranks 2 first).
+    excluded = np.array([[True, False, False], [True, False, False], [False, False, False]])
+    revisit = recall_from_rankings(rankings, correct, excluded, k_percent=1)
+    assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)
+
+
+def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, tmp_path):
+    out = tmp_path / "eval.json"
+    env = dict(os.environ, CMIRL_TORCH_THREADS="2")
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(sim_bag), "--map", str(lite_map),
+                             "--model", str(lite_checkpoint), "--device", "cpu", "--rate", "0.5", "--json", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Recall@1" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["images_played"] == len(BagSequence(sim_bag))
+    assert report["answered_fraction"] >= 0.95 and report["node_exit_code"] == 0
+    assert report["frame_ids"] == ["map"]
+    paper = report["protocols"]["paper"]
+    assert paper["queries"] == report["queries_answered"] and 0.0 <= paper["recall@1"] <= 1.0
+    assert report["latency_ms_p50"] > 0
+
+
+def test_bag_cli_errors_are_clean(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(tmp_path), "--map", str(tmp_path / "nomap")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "nomap" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not a rosbag2 bag" in result.stderr
