@@ -45,47 +45,54 @@ def _frames_per_second(config, world, frames: str) -> float:
     return round(len(simulator.frames) / wall, 2)
 
 
-def run(args: argparse.Namespace) -> int:
-    from cmirl_ros.sim.sequence import SimConfig, SimFrame, Simulator, _write_frame
+def _stage_times(simulator, frames: range) -> dict[str, list]:
+    """Wall time of each stage and CPU time of each whole frame, in one process."""
+    from cmirl_ros.sim.sequence import SimFrame, write_frame
 
-    config = SimConfig(trajectory="loop", condition=args.condition, width=args.width, height=args.height, workers=1)
-    wall = time.perf_counter()
-    simulator = Simulator(config)
-    world_s = time.perf_counter() - wall
-    camera_s, lidar_s, write_s, cpu_s, points = [], [], [], [], []
+    times = {"camera": [], "lidar": [], "write": [], "cpu": [], "points": []}
     with tempfile.TemporaryDirectory(prefix="cmirl-bench-sim-") as root:
         out = Path(root)
         (out / "image_2").mkdir()
         (out / "velodyne").mkdir()
-        simulator.render(0)  # warm-up: scene build and ray tables
-        for k, index in enumerate(range(100, 100 + args.frames)):
+        simulator.render(frames[0] - 1)  # warm-up: scene build and ray tables
+        for k, index in enumerate(frames):
             cpu = time.process_time()
             t0 = time.perf_counter()
             image = simulator.render_image(index)
             t1 = time.perf_counter()
             scan = simulator.scan(index)
             t2 = time.perf_counter()
-            _write_frame(out, k, SimFrame(image.image, image.depth, scan))
-            t3 = time.perf_counter()
-            cpu_s.append(time.process_time() - cpu)
-            camera_s.append(t1 - t0)
-            lidar_s.append(t2 - t1)
-            write_s.append(t3 - t2)
-            points.append(len(scan))
+            write_frame(out, k, SimFrame(image.image, image.depth, scan))
+            times["write"].append(time.perf_counter() - t2)
+            times["cpu"].append(time.process_time() - cpu)
+            times["camera"].append(t1 - t0)
+            times["lidar"].append(t2 - t1)
+            times["points"].append(len(scan))
+    return times
+
+
+def run(args: argparse.Namespace) -> int:
+    from cmirl_ros.sim.sequence import SimConfig, Simulator
+
+    config = SimConfig(trajectory="loop", condition=args.condition, width=args.width, height=args.height, workers=1)
+    wall = time.perf_counter()
+    simulator = Simulator(config)
+    world_s = time.perf_counter() - wall
+    stages = _stage_times(simulator, range(100, 100 + args.frames))
     # End-to-end: distinct frame ranges so neither run reuses the other's scene.
     baseline = _frames_per_second(replace(config, workers=1), simulator.world, f"200:{200 + args.frames}")
     parallel = _frames_per_second(replace(config, workers=args.workers), simulator.world, f"400:{400 + args.frames}")
-    cpu_per_frame = float(np.median(cpu_s))
+    cpu_per_frame = float(np.median(stages["cpu"]))
     figures = {
         "resolution": f"{args.width}x{args.height}",
         "condition": args.condition,
         "triangles": int(len(simulator.world.static.faces)),
         "world_build_s": round(world_s, 2),
-        "camera_ms_median": _median_ms(camera_s),
-        "lidar_ms_median": _median_ms(lidar_s),
-        "write_ms_median": _median_ms(write_s),
+        "camera_ms_median": _median_ms(stages["camera"]),
+        "lidar_ms_median": _median_ms(stages["lidar"]),
+        "write_ms_median": _median_ms(stages["write"]),
         "cpu_s_per_frame_median": round(cpu_per_frame, 3),
-        "points_per_scan_median": int(np.median(points)),
+        "points_per_scan_median": int(np.median(stages["points"])),
         "fps_1_worker": baseline,
         f"fps_{args.workers}_workers": parallel,
         "speedup_vs_1_worker": round(parallel / baseline, 2),

@@ -75,7 +75,7 @@ class SimConfig:
 
 
 # The embedded default the demo generates: the loop route (revisits ~60 s apart), every
-# third frame (0.3 s, 3 m apart: ~330 frames), at half KITTI resolution.
+# third frame (0.3 s, 3 m apart: 319 frames), at half KITTI resolution.
 DEMO_SIM = SimConfig(trajectory="loop", frames="0::3", width=620, height=188)
 
 
@@ -150,7 +150,8 @@ class Simulator:
         return SimFrame(camera.image, camera.depth, self.scan(index))
 
 
-def _write_frame(sequence_dir: Path, out_index: int, frame: SimFrame) -> None:
+def write_frame(sequence_dir: Path, out_index: int, frame: SimFrame) -> None:
+    """image_2/NNNNNN.png and velodyne/NNNNNN.bin of one frame."""
     name = f"{out_index:06d}"
     # PNG level 1: a third less CPU than the default for files of about the same size (noisy images).
     if not cv2.imwrite(str(sequence_dir / "image_2" / f"{name}.png"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR),
@@ -165,7 +166,7 @@ _WORKER: tuple[Simulator, Path] | None = None  # the per-process simulator of a 
 def _render_chunk(chunk: list[tuple[int, int]]) -> int:
     simulator, sequence_dir = _WORKER
     for out_index, index in chunk:
-        _write_frame(sequence_dir, out_index, simulator.render(index))
+        write_frame(sequence_dir, out_index, simulator.render(index))
     return len(chunk)
 
 

@@ -58,7 +58,7 @@ def test_an_interrupted_run_leaves_no_completion_marker(tmp_path, written, simul
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sequence, "_write_frame", fail)
+    monkeypatch.setattr(sequence, "write_frame", fail)
     with pytest.raises(OSError):
         simulate_sequence(SMALL, tmp_path / "root", "07", progress=False, simulator=simulator)
     assert not (tmp_path / "root" / "poses" / "07.txt").exists()
@@ -225,3 +225,11 @@ def test_contact_sheet_shows_every_condition(tmp_path):
         tiles = np.asarray(img).reshape(3, img.size[1] // 3, 3, 620, 3)
     means = tiles.mean(axis=(1, 3, 4)).ravel()
     assert len(set(np.round(means).tolist())) >= 7  # the conditions look different
+
+
+def test_bench_reports_throughput(tmp_path):
+    out = tmp_path / "bench.json"
+    assert cmirl(["bench", "sim", "--frames", "2", "--width", "64", "--height", "32", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["fps_1_worker"] > 0 and figures["fps_2_workers"] > 0
+    assert figures["points_per_scan_median"] > 100_000 and figures["cpu_s_per_frame_median"] > 0
