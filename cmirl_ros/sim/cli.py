@@ -9,7 +9,7 @@ HELP = "simulate a camera + LiDAR driving sequence (KITTI layout) in a procedura
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trajectory", default=None,
-                        help="'loop' (built-in ~0.85 km route with revisits) or a KITTI poses file (default: loop)")
+                        help="'loop' (built-in ~1 km route with revisits) or a KITTI poses file (default: loop)")
     parser.add_argument("--calib", default=None, help="KITTI calib.txt (default: the real KITTI 00-02 calibration)")
     parser.add_argument("--frames", default=None, help="frames of the trajectory, A:B or A:B:STEP (default: all)")
     parser.add_argument("--condition", default=None,
