@@ -84,7 +84,7 @@ class Query:
     stamp: float
     rgb: np.ndarray
     points: np.ndarray | None
-    camera: tuple | None  # (K, width, height) from CameraInfo, or None = the map's camera
+    camera: tuple | None  # (K, width, height) from CameraInfo, or None = calib_file's intrinsics
     received: float  # time.monotonic() when the image arrived
 
 
@@ -348,7 +348,8 @@ class LocalizerNode(LifecycleNode):
         self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
         self._publish("debug_image", lambda: self._debug_image(query, best))
         now = self.get_clock().now().nanoseconds * 1e-9
-        self._stats.add((time.monotonic() - query.received) * 1e3, (now - query.stamp) * 1e3)
+        self._stats.add((time.monotonic() - query.received) * 1e3, (now - query.stamp) * 1e3,
+                        result.timings_ms.get("encode", float("nan")))
         self._last_score = float(best.score)
         self.counts["answered"] += 1
 

@@ -14,14 +14,14 @@ class RollingStats:
     def __init__(self, window: float = 10.0, clock=time.monotonic):
         self.window = window
         self._clock = clock
-        self._events: deque[tuple[float, float, float]] = deque()  # (time, latency_ms, stamp_age_ms)
+        self._events: deque[tuple[float, float, float, float]] = deque()  # (time, latency, stamp age, encode) ms
         self._lock = threading.Lock()
         self.total = 0
 
-    def add(self, latency_ms: float, stamp_age_ms: float) -> None:
+    def add(self, latency_ms: float, stamp_age_ms: float, encode_ms: float = float("nan")) -> None:
         with self._lock:
             now = self._clock()
-            self._events.append((now, latency_ms, stamp_age_ms))
+            self._events.append((now, latency_ms, stamp_age_ms, encode_ms))
             self.total += 1
             self._expire(now)
 
@@ -32,16 +32,10 @@ class RollingStats:
     def summary(self) -> dict[str, float]:
         with self._lock:
             self._expire(self._clock())
-            events = np.asarray(self._events, dtype=np.float64).reshape(-1, 3)
-        if len(events) == 0:
-            return {"rate_hz": 0.0, "latency_ms_p50": float("nan"), "latency_ms_p95": float("nan"),
-                    "stamp_age_ms_p50": float("nan"), "stamp_age_ms_p95": float("nan")}
-        span = events[-1, 0] - events[0, 0]
-        rate = (len(events) - 1) / span if span > 0 else 0.0
-        return {
-            "rate_hz": rate,
-            "latency_ms_p50": float(np.percentile(events[:, 1], 50)),
-            "latency_ms_p95": float(np.percentile(events[:, 1], 95)),
-            "stamp_age_ms_p50": float(np.percentile(events[:, 2], 50)),
-            "stamp_age_ms_p95": float(np.percentile(events[:, 2], 95)),
-        }
+            events = np.asarray(self._events, dtype=np.float64).reshape(-1, 4)
+        span = events[-1, 0] - events[0, 0] if len(events) else 0.0
+        summary = {"rate_hz": (len(events) - 1) / span if span > 0 else 0.0}
+        for column, name in ((1, "latency_ms"), (2, "stamp_age_ms"), (3, "encode_ms")):
+            for q in (50, 95):
+                summary[f"{name}_p{q}"] = float(np.percentile(events[:, column], q)) if len(events) else float("nan")
+        return summary

@@ -90,10 +90,11 @@ def test_rolling_stats_rate_and_percentiles():
     stats = RollingStats(window=10.0, clock=lambda: now[0])
     for k in range(21):
         now[0] = k * 0.1
-        stats.add(latency_ms=float(k), stamp_age_ms=2.0 * k)
+        stats.add(latency_ms=float(k), stamp_age_ms=2.0 * k, encode_ms=0.5 * k)
     summary = stats.summary()
     assert summary["rate_hz"] == pytest.approx(10.0)
     assert summary["latency_ms_p50"] == pytest.approx(10.0)
     assert summary["stamp_age_ms_p95"] == pytest.approx(38.0)
+    assert summary["encode_ms_p50"] == pytest.approx(5.0)
     now[0] = 100.0
     assert stats.summary()["rate_hz"] == 0.0 and stats.total == 21
