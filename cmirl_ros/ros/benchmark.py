@@ -73,17 +73,27 @@ def _scene(model, work: Path):
 
 
 def bare_forward_ms(model, rgb: np.ndarray, repeats: int) -> float:
+    """Median forward time, run in a worker thread as the node runs it (torch's intra-op threads
+    behave differently when started from the main thread on a loaded machine)."""
+    import threading
+
     import torch
 
     image = torch.from_numpy(model.preprocessing.image(rgb))[None]
-    with torch.inference_mode():
-        for _ in range(3):
-            model(image=image)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(image=image)
-            times.append((time.perf_counter() - start) * 1e3)
+    times = []
+
+    def measure():
+        with torch.inference_mode():
+            for _ in range(3):
+                model(image=image)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(image=image)
+                times.append((time.perf_counter() - start) * 1e3)
+
+    worker = threading.Thread(target=measure)
+    worker.start()
+    worker.join()
     return statistics.median(times)
 
 
@@ -120,9 +130,7 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
     steps = []
     try:
         node.wait_for(READY_LOG, 300)
-        deadline = time.monotonic() + 30
-        while images.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_first_match(rclpy, bench, images, messages[0], arrivals)
         for rate in sorted(args.rates):
             step = _run_rate(rclpy, bench, images, messages, arrivals, rate, args.seconds)
             step["encode_ms_p50"] = float(diagnostics[-1]["encode_ms_p50"]) if diagnostics else float("nan")
@@ -139,6 +147,18 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
         rclpy.try_shutdown()
         node.stop(signal.SIGINT)
     return steps
+
+
+def _wait_for_first_match(rclpy, bench, images, message, arrivals, timeout: float = 60.0) -> None:
+    """Discovery is only complete once a query has made the round trip: send one a second until then."""
+    deadline = time.monotonic() + timeout
+    while not arrivals:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node answered no query within {timeout:.0f} s")
+        images.publish(message)
+        end = time.monotonic() + 1.0
+        while not arrivals and time.monotonic() < end:
+            rclpy.spin_once(bench, timeout_sec=0.05)
 
 
 def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: float) -> dict:
