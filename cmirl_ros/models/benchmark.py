@@ -41,21 +41,26 @@ def _synthetic_inputs(batch: int, height: int, width: int, max_depth: float, dev
     return image.to(device), (depth * keep).to(device)
 
 
-def _p50_ms(fns: dict, warmup: int, repeats: int, synchronize) -> dict[str, float]:
-    """Median wall time of each function; measured round-robin so that load from other
-    processes on a shared machine hits all of them alike."""
+def _p50_ms(fns: dict, warmup: int, repeats: int, synchronize) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall time and median process CPU time (all threads) of each function, in ms.
+
+    Measured round-robin, so that load from other processes hits all of them alike; the CPU
+    time barely moves with that load, the wall time does."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in fns}
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             synchronize()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             synchronize()
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(t) for name, t in times.items()}
+            wall[name].append((time.perf_counter() - start) * 1000.0)
+            cpu[name].append((time.process_time() - start_cpu) * 1000.0)
+    return ({name: statistics.median(t) for name, t in wall.items()},
+            {name: statistics.median(t) for name, t in cpu.items()})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     fns = {"baseline": lambda: model.encoder.encode_image(image)}
     fns.update({modality: (lambda kw=inputs[modality]: model(**kw)) for modality in MODALITIES})
     with torch.inference_mode(), autocast_for(device):
-        latencies = _p50_ms(fns, args.warmup, args.repeats, synchronize)
+        latencies, cpu_times = _p50_ms(fns, args.warmup, args.repeats, synchronize)
     baseline = latencies.pop("baseline")
+    baseline_cpu = cpu_times.pop("baseline")
 
     result = {
         "config": model.name,
@@ -91,14 +97,18 @@ def run(args: argparse.Namespace) -> int:
         "batch": args.batch,
         "threads": torch.get_num_threads(),
         "latency_ms_p50_by_modality": {k: round(v, 2) for k, v in latencies.items()},
+        "cpu_ms_p50_by_modality": {k: round(v, 2) for k, v in cpu_times.items()},
         "baseline_rgb_trunk_ms_p50": round(baseline, 2),
+        "baseline_rgb_trunk_cpu_ms_p50": round(baseline_cpu, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "descriptor_dim": model.descriptor_dim,
     }
     print(f"{model.name}: {result['params_m']:.2f} M params, input {height}x{width}, batch {args.batch}, "
           f"{result['device']} ({result['threads']} threads)")
-    print(f"  RGB trunk alone (baseline): {baseline:8.1f} ms")
+    print(f"  {'':<20s} {'wall p50':>10s} {'CPU p50':>10s}  (CPU time: all threads; load average {os.getloadavg()[0]:.1f})")
+    print(f"  {'RGB trunk (baseline)':<20s} {baseline:7.1f} ms {baseline_cpu:7.1f} ms")
     for modality, ms in latencies.items():
-        print(f"  {modality:<12s} p50: {ms:8.1f} ms  ({ms / baseline:4.2f}x baseline)")
+        print(f"  {modality:<20s} {ms:7.1f} ms {cpu_times[modality]:7.1f} ms  ({ms / baseline:4.2f}x baseline wall)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(f".{args.json.name}.{os.getpid()}.tmp")

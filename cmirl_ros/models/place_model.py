@@ -35,8 +35,11 @@ def _merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in override.items():
         old = merged.get(key)
-        same_component = isinstance(old, dict) and isinstance(value, dict) and value.get("name", old.get("name")) == old.get("name")
-        merged[key] = _merge(old, value) if same_component else copy.deepcopy(value)
+        mergeable = isinstance(old, dict) and isinstance(value, dict)
+        if mergeable and value.get("name", old.get("name")) == old.get("name"):
+            merged[key] = _merge(old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
     return merged
 
 
