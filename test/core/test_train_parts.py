@@ -69,3 +69,20 @@ def test_perturb_cloud_is_rigid_and_bounded():
     np.testing.assert_array_equal(out[:, 3], pts[:, 3])
     # LiDAR z (camera -y) is the vertical: a yaw + ground translation keeps heights.
     np.testing.assert_allclose(out[:, 2], pts[:, 2], atol=1e-5)
+
+
+def test_train_cli_bad_configs_are_one_line_errors(tmp_path, capsys):
+    from cmirl_ros.cli import main
+
+    no_model = tmp_path / "no_model.yaml"
+    no_model.write_text("data: {root: /nowhere}\n")
+    assert main(["train", "--config", str(no_model), "--out", str(tmp_path / "o")]) == 2
+    assert "no_model.yaml: missing 'model'" in capsys.readouterr().err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model: cmirl_lite\ntrain: {batch_sise: 4}\n")
+    assert main(["train", "--config", str(typo), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown keys ['batch_sise']" in capsys.readouterr().err
+    no_root = tmp_path / "no_root.yaml"
+    no_root.write_text("model: cmirl_lite\n")
+    assert main(["train", "--config", str(no_root), "--out", str(tmp_path / "o")]) == 2
+    assert "no data root" in capsys.readouterr().err
