@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from cmirl_ros.models.inference import resolve_device
-from cmirl_ros.models.place_model import PlaceModel, architecture, build_model, config_hash, load_model_config
+from cmirl_ros.models.place_model import PlaceModel, architecture, build_model, config_hash
 
 FORMAT = "cmirl_ros.place_model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -139,7 +139,7 @@ def _shipped_model_dir(name: str) -> Path | None:
 def load_model(name_or_path: str | Path, device: str = "auto") -> PlaceModel:
     """A checkpoint directory/file, a shipped model (models/NAME/), or a config name (untrained) -> model in eval mode."""
     path = Path(name_or_path).expanduser()
-    if path.exists() and path.suffix not in (".yaml", ".yml"):
+    if (path.is_file() and path.suffix not in (".yaml", ".yml")) or (path / WEIGHTS_FILE).is_file():
         source = path
     else:
         source = _shipped_model_dir(str(name_or_path))
@@ -149,7 +149,7 @@ def load_model(name_or_path: str | Path, device: str = "auto") -> PlaceModel:
         _apply(model, state, metadata, _weights_file(source))
     else:
         try:
-            model = build_model(load_model_config(name_or_path))
+            model = build_model(name_or_path)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"'{name_or_path}' is neither a checkpoint, a shipped model nor a model config ({e})") from None
     return model.to(resolve_device(device)).eval()
