@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=list(RATES), help="input rates to sweep (Hz)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate step")
     parser.add_argument("--repeats", type=int, default=20, help="baseline forward repetitions")
-    parser.add_argument("--json", type=Path, default=Path("bench/results/node.json"), help="write the figures here")
+    parser.add_argument("--json", type=Path, default=Path("bench/node_results.json"), help="write the figures here")
 
 
 def run(args: argparse.Namespace) -> int:
