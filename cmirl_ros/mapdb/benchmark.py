@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also save the first index's map here, reload it, and time both (replaced if present)")
     parser.add_argument("--e2e", action="store_true", help="also time preprocess/encode/search with a real model")
     parser.add_argument("--model", default="cmirl_lite", help="model for --e2e")
+    parser.add_argument("--e2e-threads", type=int, default=1,
+                        help="torch threads for --e2e (on a shared, busy machine 2 spinning threads inflate latency)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
 
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.e2e:
         from cmirl_ros.localization.benchmark import end_to_end
 
-        results["e2e"] = end_to_end(args.model, headline_map, threads=args.threads)
+        results["e2e"] = end_to_end(args.model, headline_map, threads=args.e2e_threads)
         print(json.dumps({"e2e": results["e2e"]}))
     results["load_average_1min"] = round(os.getloadavg()[0], 2)  # other work on the machine skews latency
     if args.json:

@@ -23,7 +23,7 @@ class IndexConfig:
     auto_threshold: int = 20_000  # flat search over 20k x 256 takes ~1 ms on one core
     hnsw_m: int = 32
     hnsw_ef_construction: int = 64
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 256
     ivf_lists: int = 0  # 0 = 4 * sqrt(N)
     ivf_probe: int = 16
     pq_m: int = 64
