@@ -242,8 +242,11 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        # No active hinge: skip the update, or Adam's momentum would keep moving the weights
+        # on a zero gradient. (All ranks see their own loss; DDP already synchronised gradients.)
+        if loss.item() > 0.0 or self.env.world > 1:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         self.step += 1
         with torch.no_grad():
