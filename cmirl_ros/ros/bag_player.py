@@ -41,7 +41,7 @@ def wait_for_subscribers(publishers: dict, topics: list[str], timeout: float) ->
     """Block until each topic in `topics` has a matched subscriber; returns those still without one."""
     deadline = time.monotonic() + timeout
     while True:
-        waiting = [t for t in topics if t in publishers and publishers[t].get_subscription_count() == 0]
+        waiting = [t for t in topics if publishers[t].get_subscription_count() == 0]
         if not waiting or time.monotonic() > deadline:
             return waiting
         time.sleep(0.05)
@@ -78,7 +78,11 @@ def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
             raise ValueError(f"{path}: nothing to play (topics: {', '.join(c.topic for c in reader.connections)})")
         clock_publisher = node.create_publisher(Clock, "/clock", 10) if clock else None
         if wait_for:
-            missing = wait_for_subscribers(publishers, wait_for, wait_timeout)
+            waitable = {**publishers, **({"/clock": clock_publisher} if clock_publisher else {})}
+            unknown = [t for t in wait_for if t not in waitable]
+            if unknown:
+                raise ValueError(f"{path}: cannot wait for {', '.join(unknown)}: not played")
+            missing = wait_for_subscribers(waitable, wait_for, wait_timeout)
             if missing:
                 raise RuntimeError(f"no subscriber on {', '.join(missing)} after {wait_timeout:.0f} s")
         started = time.monotonic()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -185,6 +186,8 @@ class LocalizerNode(LifecycleNode):
         params = {name: self.get_parameter(name).value for name in PARAMETERS}
         if not params["map"]:
             raise ValueError("parameter 'map' is empty: give a map directory (cmirl map build ... --out DIR)")
+        if not (Path(params["map"]) / "manifest.json").is_file():  # fail before the slow model load
+            raise FileNotFoundError(f"{params['map']}: not a map directory (no manifest.json); build one with cmirl map build")
         if params["qos"] not in QOS_CHOICES:
             raise ValueError(f"parameter 'qos' is '{params['qos']}', expected one of {QOS_CHOICES}")
         if params["top_k"] < 1:
@@ -361,7 +364,7 @@ class LocalizerNode(LifecycleNode):
     def _debug_image(self, query: Query, best) -> Image:
         import cv2
 
-        canvas = np.ascontiguousarray(query.rgb)
+        canvas = query.rgb.copy()  # the query is a read-only view of the incoming message
         text = f"keyframe {best.keyframe_id}  score {best.score:.3f}"
         cv2.putText(canvas, text, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 0), 2, cv2.LINE_AA)
         return numpy_to_image(canvas, "rgb8", stamp=query.header.stamp, frame_id=query.header.frame_id)

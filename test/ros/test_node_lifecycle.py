@@ -49,7 +49,7 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from lifecycle_msgs.msg import Transition
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image
     from std_srvs.srv import SetBool, Trigger
     from visualization_msgs.msg import MarkerArray
@@ -58,7 +58,8 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
     from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
 
     process = start_localizer({"managed": True, "model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
-                               "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2}, ros_workdir)
+                               "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2,
+                               "publish_debug_image": True}, ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_lifecycle_test")
     client = Client(rclpy, node)
@@ -66,10 +67,11 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         process.wait_for(WAITING_LOG, 120)
         assert state(client) == "unconfigured"
         images = node.create_publisher(Image, "/camera/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
-        matches, diagnostics, map_markers, markers = [], [], [], []
+        matches, diagnostics, map_markers, markers, debug_images = [], [], [], [], []
         node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
         node.create_subscription(MarkerArray, "/localizer/markers", markers.append, 10)
+        node.create_subscription(Image, "/localizer/debug_image", debug_images.append, qos_profile_sensor_data)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         node.create_subscription(MarkerArray, "/localizer/map_markers", map_markers.append, latched)
 
@@ -95,8 +97,11 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         send(1.0)
         assert client.spin_until(lambda: matches, 30), "no match while active"
         assert matches[-1].header.frame_id == "map" and matches[-1].header.stamp == seconds_to_stamp(1.0)
-        assert client.spin_until(lambda: markers, 5)
+        assert client.spin_until(lambda: markers and debug_images, 5)
         assert {m.ns for m in markers[-1].markers} == {"matches"}
+        debug = debug_images[-1]
+        assert (debug.width, debug.height, debug.encoding) == (frame.image.shape[1], frame.image.shape[0], "rgb8")
+        assert debug.header.stamp == seconds_to_stamp(1.0)
 
         # Disabled: inputs are ignored.
         assert client.call(SetBool, "/localizer/set_enabled", SetBool.Request(data=False)).success
