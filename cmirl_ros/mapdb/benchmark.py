@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         db, figures = bench_index(kind, descriptors, keyframes, queries, exact_ids[:, 0], args)
         figures["speedup_vs_flat_p50"] = round(baseline_p50 / max(figures["search_ms_p50"], 1e-9), 1)
         results["indexes"][kind] = figures
-        headline_map = headline_map or db
+        if headline_map is None:
+            headline_map = db
         print(json.dumps({kind: figures}))
     # The headline keys describe the first index listed; --save and --e2e use that map too.
     results.update(results["indexes"][kinds[0]])
