@@ -246,3 +246,15 @@ def test_cross_attention_rerank_with_stored_depth_tokens(tiny_model, tmp_path):
 
 def make_map_without_tokens(mapdb):
     return MapDatabase(np.asarray(mapdb.descriptors), mapdb.keyframes, mapdb.manifest)
+
+
+def test_end_to_end_latency_breakdown(tiny_model):
+    from cmirl_ros.localization.benchmark import end_to_end
+
+    _, checkpoint = tiny_model
+    figures = end_to_end(str(checkpoint), make_map(count=200, dim=32), threads=1, queries=2, warmup=1)
+    assert figures["entries"] == 200 and figures["input"] == "64x32"
+    for mode in ("image", "image+scan"):
+        stages = figures[mode]
+        assert all(stages[s] > 0 for s in ("preprocess", "encode", "search"))
+        assert stages["total"] >= stages["encode"]
