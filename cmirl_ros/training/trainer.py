@@ -45,6 +45,7 @@ class TrainSettings:
     seed: int = 0
     margin: float = 0.5
     cache_negatives: int = 2  # hardest negatives per anchor taken from the descriptor cache
+    mining_warmup_steps: int = 0  # before this step the cache negatives are random ones (hardest-first can collapse)
     lr: float = 1e-4
     min_lr: float = 1e-6
     weight_decay: float = 0.0
@@ -208,8 +209,11 @@ class Trainer:
         anchors = self.rng.choice(self.eligible, size=s.batch_size, replace=len(self.eligible) < s.batch_size)
         positives = np.array([self.rng.choice(np.flatnonzero(self.positives[a])) for a in anchors])
         hard = np.zeros((len(anchors), 0), dtype=np.int64)
-        if s.cache_negatives > 0:
+        if s.cache_negatives > 0 and self.step < s.mining_warmup_steps:
+            hard = -np.ones((len(anchors), s.cache_negatives), dtype=np.int64)  # filled at random below
+        elif s.cache_negatives > 0:
             hard = hardest_negatives(self.cache_query[anchors], self.cache_map, self.negatives[anchors], s.cache_negatives)
+        if s.cache_negatives > 0:
             for row, a in enumerate(anchors):  # rows short of negatives: fill with random ones
                 missing = hard[row] < 0
                 if missing.any():
