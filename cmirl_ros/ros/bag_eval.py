@@ -34,12 +34,12 @@ MAX_CANDIDATES = 500
 
 def isolate_dds() -> None:
     """A private DDS domain on loopback for this run (children inherit it): a replay must never
-    reach, or be disturbed by, a live robot's graph. Kept when the caller already chose one."""
+    reach, or be disturbed by, a live robot's graph, whatever ROS_DOMAIN_ID the shell has."""
     from cmirl_ros.paths import config_dir
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
-    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_dir() / "fastdds_local.xml"))
+    os.environ["ROS_DOMAIN_ID"] = str(random.randint(101, 200))
+    os.environ["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_dir() / "fastdds_local.xml")
 
 
 @dataclass
