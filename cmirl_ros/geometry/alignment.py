@@ -13,7 +13,8 @@ The score, and why it is built this way
    an *occlusion pair* when the farther range is `jump_ratio` times the nearer one and a
    *continuous pair* when the ranges agree within `continuous_ratio`. Rotating the
    extrinsic rotates all bearings rigidly, so the pairs and their labels do not change
-   with the rotation being tested: only where they land in the image does. (Depth edges
+   with the rotation being tested (the hidden-return test of 2 looks at directions in the
+   image: 0.4 % of labels change for a 2+2 degree rotation): only where they land does. (Depth edges
    rendered into an image instead change with the projection and with the pixel density
    of the scan.)
 2. Returns the camera cannot see are dropped. A roof LiDAR sees over and around nearby
@@ -89,11 +90,12 @@ def edge_alignment_score(
     # Keep a margin of two neighbourhoods around the image so that every return in view
     # still has all of its neighbours (the occlusion test needs them).
     margin = 2.0 * np.tan(np.radians(config.neighbour_angle_deg)) * max(small.fx, small.fy)
-    in_cam = in_cam[_in_image(small.project(in_cam)[0], small, margin)]
+    uv, _ = small.project(in_cam)
+    around_view = _in_image(uv, small, margin)
+    in_cam, uv = in_cam[around_view], uv[around_view]
     ranges = np.linalg.norm(in_cam, axis=1)
 
     near, far, occluding, continuous = _neighbour_pairs(in_cam, ranges, config)
-    uv, _ = small.project(in_cam)
     in_view = _in_image(uv, small, 0.0)
     labelled = in_view[near] & in_view[far] & (occluding | continuous)
     near, far, occluding = near[labelled], far[labelled], occluding[labelled]
@@ -146,8 +148,9 @@ def _hidden_from_camera(in_cam, ranges, candidates, tree, chord, jump_ratio) -> 
 
 
 def _image_gradients(image: np.ndarray, camera: PinholeCamera, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    grey = cv2.resize(grey, (camera.width, camera.height), interpolation=cv2.INTER_AREA).astype(np.float32)
+    grey = np.asarray(image, dtype=np.float32)  # cv2 colour conversion takes no float64
+    grey = grey if grey.ndim == 2 else cv2.cvtColor(grey, cv2.COLOR_RGB2GRAY)
+    grey = cv2.resize(grey, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
     grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     return cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
 
