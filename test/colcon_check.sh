@@ -39,6 +39,14 @@ FROM="$(python -c 'import cmirl_ros; print(cmirl_ros.__file__)')"
 SHARE_FOUND="$(python -c 'from ament_index_python.packages import get_package_share_directory as g; print(g("cmirl_ros"))')"
 [[ "$SHARE_FOUND" == "$SHARE" ]] || { echo "colcon_check: FAIL ament index finds $SHARE_FOUND"; exit 1; }
 
+# The installed package must find its own config/ and models/ (model names, model configs).
+DIRS="$(python -c 'from cmirl_ros.paths import config_dir, models_dir; print(config_dir(), models_dir())' 2>&1)" || {
+  echo "colcon_check: FAIL the installed cmirl_ros cannot find its share directory: $DIRS"; exit 1; }
+for d in $DIRS; do
+  [[ "$d" == "$SHARE/"* ]] || { echo "colcon_check: FAIL installed cmirl_ros uses $d, not $SHARE"; exit 1; }
+done
+echo "colcon_check: installed cmirl_ros finds config/ and models/ in $SHARE"
+
 run_and_stop() {  # $1 = signal name
   "$EXE" --ros-args -p managed:=true >"$LOG" 2>&1 &
   local pid=$!
