@@ -1,4 +1,5 @@
 """Sensor geometry: cameras, transforms, KITTI calibration, FoV projection, densification, poses."""
+from cmirl_ros.geometry.alignment import EdgeAlignmentConfig, edge_alignment_score
 from cmirl_ros.geometry.camera import (
     Calibration,
     PinholeCamera,
@@ -27,11 +28,13 @@ from cmirl_ros.geometry.projection import ProjectionStats, project_to_depth, val
 __all__ = [
     "Calibration",
     "DensifyConfig",
+    "EdgeAlignmentConfig",
     "KITTI_GROUND_AXES",
     "KittiCalib",
     "PinholeCamera",
     "ProjectionStats",
     "densify",
+    "edge_alignment_score",
     "invert_transform",
     "make_transform",
     "matrix_to_quaternion",
