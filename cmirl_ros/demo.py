@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    model_ref, model = resolve_model(args.model, args.device, out)  # first: a bad name fails before any work
     sim_root = simulate(out)
-    model_ref, model = resolve_model(args.model, args.device, out)
     map_dir = build_or_reuse_map(sim_root, model, out, args.keyframe_distance)
     bag = write_or_reuse_bag(sim_root, out)
     print(f"demo: starting the localizer node and replaying {bag} (x{args.rate})")
@@ -82,9 +82,9 @@ def resolve_model(name: str, device: str, out: Path):
         shipped = False
     if path.exists() or shipped:
         return name, load_model(name, device)
-    print(f"demo: '{name}' is not a shipped model or checkpoint; using its untrained config (matches will be poor)")
     torch.manual_seed(0)
     model = load_model(name, device)
+    print(f"demo: '{name}' is not a shipped model or checkpoint; using its untrained config (matches will be poor)")
     frozen = out / "model" / name
     save_checkpoint(model, frozen)
     return str(frozen), load_model(frozen, device)
