@@ -114,7 +114,7 @@ class MapDatabase:
 
         n = max(len(self), 1)
         index = index_bytes(self.index) / n
-        table = self.keyframes.nbytes() / n
+        table = (self.keyframes.nbytes() + self._sorted_stamps.nbytes) / n
         return {"index": round(index, 1), "keyframes": round(table, 1), "total": round(index + table, 1)}
 
     # ------------------------------------------------------------------ save / load

@@ -279,3 +279,22 @@ def test_keyframe_selection_on_real_kitti_poses(kitti_meta):
     max_step = np.diff(path).max()
     assert (gaps < 2.0 + max_step).all()  # never skips a frame that already made the distance
     assert path[-1] / (2.0 + max_step) <= len(keys) <= path[-1] / 2.0 + 1
+
+
+def test_keyframe_table_round_trip_and_bad_rows(tmp_path):
+    keyframes = make_map(count=300, session="run, with comma").keyframes
+    keyframes.write_csv(tmp_path / "k.csv")
+    again = Keyframes.read_csv(tmp_path / "k.csv")
+    np.testing.assert_array_equal(again.poses(), keyframes.poses())
+    np.testing.assert_array_equal(again.stamps, keyframes.stamps)
+    assert list(again.source_frames) == list(keyframes.source_frames) and again.source_frames.dtype == "<U6"
+    assert again.sessions[5] == "run, with comma" and again.frame_ids[5] == "map"
+    lines = (tmp_path / "k.csv").read_text().splitlines()
+    (tmp_path / "gap.csv").write_text("\n".join(lines[:100] + lines[101:]) + "\n")
+    with pytest.raises(ValueError, match="gap.csv: keyframe ids must be the row numbers"):
+        Keyframes.read_csv(tmp_path / "gap.csv")
+    (tmp_path / "bad.csv").write_text("\n".join(lines[:50] + ["50,notanumber"] + lines[51:]) + "\n")
+    with pytest.raises(ValueError, match="bad.csv: malformed keyframe table"):
+        Keyframes.read_csv(tmp_path / "bad.csv")
+    (tmp_path / "empty.csv").write_text(lines[0] + "\n")
+    assert len(Keyframes.read_csv(tmp_path / "empty.csv")) == 0
