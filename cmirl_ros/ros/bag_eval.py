@@ -63,11 +63,11 @@ def read_recording(path: Path) -> Recorded:
         for connection, bag_time, raw in reader.messages():
             msg = store.deserialize_cdr(raw, connection.msgtype)
             if connection.topic == OUTPUTS["match"]:
-                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-                matches[round(stamp, 6)] = (stamp, msg.header.frame_id, bag_time * 1e-9)
+                key = (msg.header.stamp.sec, msg.header.stamp.nanosec)  # exact: the query's stamp
+                matches[key] = (key[0] + key[1] * 1e-9, msg.header.frame_id, bag_time * 1e-9)
             elif connection.topic == OUTPUTS["candidates"]:
-                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-                candidates[round(stamp, 6)] = np.array([[p.position.x, p.position.y, p.position.z] for p in msg.poses])
+                key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+                candidates[key] = np.array([[p.position.x, p.position.y, p.position.z] for p in msg.poses])
             elif connection.topic == OUTPUTS["loop_closure"]:
                 loops.append(np.asarray(msg.data, dtype=np.float64))
             elif connection.topic == OUTPUTS["diagnostics"]:
@@ -82,6 +82,21 @@ def read_recording(path: Path) -> Recorded:
         receive_times=np.array([matches[k][2] for k in keys]),
         diagnostics=diagnostics,
     )
+
+
+def nearest_stamps(stamps: np.ndarray, reference: np.ndarray, tolerance: float = 1e-5) -> np.ndarray:
+    """Index of the reference stamp equal to each stamp (within float error of epoch seconds), or -1."""
+    reference = np.asarray(reference, dtype=np.float64)
+    if len(reference) == 0:
+        return np.full(len(stamps), -1, dtype=np.int64)
+    order = np.argsort(reference)
+    sorted_ref = reference[order]
+    pos = np.clip(np.searchsorted(sorted_ref, stamps), 1, max(len(sorted_ref) - 1, 1))
+    left = np.clip(pos - 1, 0, len(sorted_ref) - 1)
+    right = np.clip(pos, 0, len(sorted_ref) - 1)
+    best = np.where(np.abs(sorted_ref[left] - stamps) <= np.abs(sorted_ref[right] - stamps), left, right)
+    found = np.abs(sorted_ref[best] - stamps) <= tolerance
+    return np.where(found, order[best], -1)
 
 
 def candidate_ids(candidates: np.ndarray, keyframe_positions: np.ndarray) -> np.ndarray:
@@ -111,9 +126,9 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     from cmirl_ros.evaluation.metrics import top1_percent_k
     from cmirl_ros.geometry import place_distances, time_exclusion
 
-    stamp_to_frame = {round(float(s), 6): i for i, s in enumerate(bag.stamps)}
-    known = [i for i, s in enumerate(recorded.stamps) if round(float(s), 6) in stamp_to_frame]
-    frames = [stamp_to_frame[round(float(recorded.stamps[i]), 6)] for i in known]
+    frame_of = nearest_stamps(recorded.stamps, bag.stamps)
+    known = [i for i, f in enumerate(frame_of) if f >= 0]
+    frames = [int(frame_of[i]) for i in known]
     positions = mapdb.keyframes.positions
     map_poses = np.repeat(np.eye(4)[None], len(positions), axis=0)
     map_poses[:, :3, 3] = positions

@@ -104,7 +104,7 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from cmirl_ros.ros.conversions import numpy_to_image, stamp_to_seconds
+    from cmirl_ros.ros.conversions import numpy_to_image
     from cmirl_ros.ros.localizer_node import READY_LOG
     from cmirl_ros.ros.processes import start_localizer
 
@@ -115,10 +115,10 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
                             "stats_window": args.seconds + TAIL_SECONDS}, work)
     rclpy.init()
     bench = rclpy.create_node("cmirl_node_bench")
-    arrivals: list[tuple[float, float]] = []  # (query stamp, arrival time), both in s since epoch
+    arrivals: list[tuple[int, int]] = []  # (query stamp, arrival time), both in ns since epoch
 
     def on_match(msg):
-        arrivals.append((stamp_to_seconds(msg.header.stamp), time.time()))
+        arrivals.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, time.time_ns()))
 
     bench.create_subscription(PoseWithCovarianceStamped, "/localizer/match", on_match,
                               QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
@@ -177,12 +177,12 @@ def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: fl
         now_ns = time.time_ns()
         msg.header.stamp = Time(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
         images.publish(msg)
-        sent.append(now_ns * 1e-9)
+        sent.append(now_ns)
     end = time.monotonic() + TAIL_SECONDS  # answers still in flight, then the step's last diagnostics
     while time.monotonic() < end:
         rclpy.spin_once(bench, timeout_sec=0.05)
-    sent_set = {round(s, 6) for s in sent}
-    latencies = [(arrival - stamp) * 1e3 for stamp, arrival in arrivals if round(stamp, 6) in sent_set]
+    sent_set = set(sent)
+    latencies = [(arrival - stamp) * 1e-6 for stamp, arrival in arrivals if stamp in sent_set]
     return {
         "rate_hz": rate,
         "sent": len(sent),

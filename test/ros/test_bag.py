@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmirl_ros.datasets.bag import BagSequence, interpolate_poses, resolve_bag_path
-from cmirl_ros.ros.bag_eval import recall_from_rankings
+from cmirl_ros.ros.bag_eval import nearest_stamps, recall_from_rankings
 
 
 def test_bag_from_kitti_round_trips_every_frame(sim_root, sim_bag):
@@ -81,6 +81,13 @@ def test_map_from_bag_equals_map_from_kitti(sim_root, sim_bag, lite_model):
                           lite_model, progress=False)
     np.testing.assert_allclose(bag_map.descriptors, kitti_map.descriptors, atol=1e-5)
     np.testing.assert_allclose(bag_map.keyframes.positions, kitti_map.keyframes.positions, atol=1e-9)
+
+
+def test_nearest_stamps_tolerates_float_error_of_epoch_seconds():
+    reference = np.array([1_731_000_000.1, 1_731_000_000.2, 1_731_000_000.3])
+    stamps = np.array([1_731_000_000 + 300_000_000 * 1e-9, 1_731_000_000.1, 1_731_000_000.25])
+    np.testing.assert_array_equal(nearest_stamps(stamps, reference), [2, 0, -1])
+    np.testing.assert_array_equal(nearest_stamps(np.array([0.5]), np.array([])), [-1])
 
 
 def test_recall_from_rankings_by_hand():
