@@ -309,7 +309,9 @@ class LocalizerNode(LifecycleNode):
             if rate > 0 and time.monotonic() - last_start < 1.0 / rate:
                 time.sleep(max(0.0, last_start + 1.0 / rate - time.monotonic()))
                 newer = slot.get(timeout=0)  # prefer whatever arrived while waiting
-                query = newer if newer is not None else query
+                if newer is not None:
+                    slot.count_dropped()
+                    query = newer
             last_start = time.monotonic()
             try:
                 self._answer(query)

@@ -110,6 +110,11 @@ class LatestSlot:
             item, self._item, self._has_item = self._item, None, False
             return item
 
+    def count_dropped(self) -> None:
+        """The consumer discarded an item it had taken (for a newer one): count it like a replacement."""
+        with self._condition:
+            self.dropped += 1
+
     def clear(self) -> None:
         with self._condition:
             if self._has_item:

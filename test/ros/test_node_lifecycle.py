@@ -59,7 +59,7 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
 
     process = start_localizer({"managed": True, "model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
                                "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2,
-                               "publish_debug_image": True, "max_query_rate": 4.0}, ros_workdir)
+                               "publish_debug_image": True, "max_query_rate": 2.0}, ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_lifecycle_test")
     client = Client(rclpy, node)
@@ -116,14 +116,15 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         reload = client.call(Trigger, "/localizer/reload_map", Trigger.Request())
         assert reload.success and "keyframes" in reload.message
 
-        # max_query_rate 4 Hz: a 20 Hz burst of 2 s is answered at most ~4 times a second.
+        # max_query_rate 2 Hz: a 20 Hz burst is answered at most twice a second (unlimited: ~1 per forward).
         count = len(matches)
+        start = time.monotonic()
         for k in range(40):
             send(10.0 + 0.05 * k)
             client.spin_until(lambda: False, 0.05)
         client.spin_until(lambda: False, 1.0)
-        burst = len(matches) - count
-        assert 2 <= burst <= 10, f"{burst} answers to a 2 s burst with max_query_rate 4 Hz"
+        burst, elapsed = len(matches) - count, time.monotonic() - start
+        assert 2 <= burst <= 2.0 * elapsed + 1, f"{burst} answers in {elapsed:.1f} s with max_query_rate 2 Hz"
 
         diagnostics.clear()
         assert client.spin_until(lambda: diagnostics, 5)
