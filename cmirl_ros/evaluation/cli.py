@@ -98,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     table: dict[str, dict[str, dict]] = {}  # row label -> column group -> protocol -> metrics
     curves = {}
+    import torch
+
     for variant, model_name, map_dir in variants:
+        torch.manual_seed(0)  # a config-only (untrained) model gets the same random heads every run
         model = load_model(model_name, device=args.device)
         map_side = map_for(model, map_dir)
         for condition, root in query_roots:
