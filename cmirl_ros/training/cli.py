@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cmirl_ros.config import load_yaml, resolve_config
     from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.evaluation.report import atomic_write_text
     from cmirl_ros.models import build_model, resolve_device, save_checkpoint
     from cmirl_ros.training.augment import AugmentConfig
     from cmirl_ros.training.data import StridedDataset, TrainingFrames
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if env.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         used = {**cfg, "data": {k: str(v) if isinstance(v, Path) else v for k, v in vars(d).items()}}
-        (args.out / "train_config.yaml").write_text(yaml.safe_dump(used, sort_keys=False))
+        atomic_write_text(args.out / "train_config.yaml", yaml.safe_dump(used, sort_keys=False))
     summary = trainer.fit(progress=not args.no_progress)
     if env.is_main:
         print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; final loss {summary['final_loss']:.4f}; "

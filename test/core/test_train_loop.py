@@ -140,3 +140,23 @@ def test_distributed_ranks_stay_in_sync(tmp_path):
     torch.testing.assert_close(rank0, rank1)
     rows = list(csv.DictReader((tmp_path / "out" / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # one log, written by rank 0
+
+
+def test_mining_warmup_draws_random_then_hardest_negatives(tmp_path):
+    trainer = _trainer(tmp_path, steps=10)
+    trainer.settings.mining_warmup_steps = 5
+    trainer.settings.cache_negatives = 1
+    trainer.refresh_cache(progress=False)
+    # Make frame 23's scan the most similar to every cached image: the hardest negative for far anchors.
+    trainer.cache_map[23] = trainer.cache_query.mean(0) * 100
+    far = trainer.negatives[:, 23]
+    picks_warm = [trainer._draw_batch() for _ in range(20)]
+    trainer.step = 5
+    picks_hard = [trainer._draw_batch() for _ in range(20)]
+
+    def share_of_23(picks):
+        hits = [h[0] == 23 for anchors, _, hard in picks for a, h in zip(anchors, hard) if far[a]]
+        return np.mean(hits)
+
+    assert share_of_23(picks_hard) == 1.0
+    assert share_of_23(picks_warm) < 0.5
