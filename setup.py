@@ -13,6 +13,8 @@ def _data_files():
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/config/models", glob("config/models/*.yaml")),
+        (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
+        (f"share/{PACKAGE}/config/train/models", glob("config/train/models/*.yaml")),
     ]
     for model_dir in sorted(glob("models/*/")):
         name = model_dir.rstrip("/").split("/")[-1]

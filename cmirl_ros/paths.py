@@ -1,21 +1,29 @@
-"""Where the package's config files and shipped models live, in a source tree or a colcon install."""
+"""Where the package's config files and shipped models live, in a source tree or an install."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_SOURCE_ROOT = _PACKAGE_DIR.parent
 
 
-def _share_dir() -> Path:
-    return Path(sys.prefix) / "share" / "cmirl_ros"
+def _candidate_roots() -> list[Path]:
+    """Source tree first, then install prefixes: the one this package was installed under
+    (colcon: PREFIX/lib/pythonX.Y/site-packages/cmirl_ros), the ament prefixes, sys.prefix."""
+    prefixes = [_PACKAGE_DIR.parents[3]] if len(_PACKAGE_DIR.parents) > 3 else []
+    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    prefixes.append(Path(sys.prefix))
+    return [_SOURCE_ROOT] + [prefix / "share" / "cmirl_ros" for prefix in prefixes]
 
 
 def _first_existing(name: str) -> Path:
-    for root in (_SOURCE_ROOT, _share_dir()):
+    roots = _candidate_roots()
+    for root in roots:
         if (root / name).is_dir():
             return root / name
-    raise FileNotFoundError(f"cannot find the '{name}' directory of cmirl_ros (looked in {_SOURCE_ROOT} and {_share_dir()})")
+    raise FileNotFoundError(f"cannot find the '{name}' directory of cmirl_ros (looked in {', '.join(map(str, roots))})")
 
 
 def config_dir() -> Path:
@@ -24,8 +32,3 @@ def config_dir() -> Path:
 
 def models_dir() -> Path:
     return _first_existing("models")
-
-
-def shared_data_dir() -> Path:
-    """The read-only real data that sits beside a development checkout (absent in a user's clone)."""
-    return _SOURCE_ROOT.parent / "shared" / "data"
