@@ -172,9 +172,20 @@ class PlaceModel(nn.Module):
         return F.normalize(descriptor.float(), dim=1)
 
     @torch.no_grad()
-    def init_centroids(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> None:
-        """NetVLAD centroids (and assignment weights) from k-means of this batch's fused local features."""
-        self.aggregation.init_from_features(self.local_features(image, depth))
+    def init_centroids(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                       subsets: tuple[str, ...] | None = None) -> None:
+        """NetVLAD centroids (and assignment weights) from k-means of this batch's fused local features.
+
+        `subsets` (e.g. ("image", "depth", "image+depth")) pools the features of each subset of the
+        given inputs, so that the centres also cover the single-modality features that image
+        queries and depth-only map entries produce; default: the inputs as given.
+        """
+        if subsets is None:
+            feature_maps = [self.local_features(image, depth)]
+        else:
+            feature_maps = [self.local_features(image if "image" in subset else None,
+                                                depth if "depth" in subset else None) for subset in subsets]
+        self.aggregation.init_from_features(torch.cat(feature_maps))
 
 
 def build_model(cfg: dict | str | Path, load_pretrained: bool = True) -> PlaceModel:

@@ -55,6 +55,10 @@ class TrainSettings:
     checkpoint_every: int = 100
     cache_batch_size: int = 16
     init_centroids: int = 32  # frames whose features seed NetVLAD by k-means at step 0 (0 = off)
+    # Modality subsets whose fused features seed NetVLAD (None: image+depth only). CMIRL's depth-only map
+    # side and image-only queries fall outside centres fitted on image+depth features alone.
+    centroid_modalities: list | None = None
+    trunk_lr_scale: float = 1.0  # lr of the pretrained encoder = lr * this (the fresh heads get lr)
     modality_weights: dict = field(default_factory=lambda: {"image": 0.5, "depth": 0.1, "image+depth": 0.4})
 
     @classmethod
@@ -67,6 +71,12 @@ class TrainSettings:
         bad = set(settings.modality_weights) - set(MODALITIES)
         if bad or not settings.modality_weights:
             raise ValueError(f"modality_weights: keys must be among {MODALITIES}, got {sorted(settings.modality_weights)}")
+        if settings.centroid_modalities is not None and (
+                not settings.centroid_modalities or set(settings.centroid_modalities) - set(MODALITIES)):
+            raise ValueError(f"centroid_modalities: must be a non-empty list among {MODALITIES}, "
+                             f"got {settings.centroid_modalities}")
+        if settings.trunk_lr_scale <= 0:
+            raise ValueError(f"trunk_lr_scale must be > 0, got {settings.trunk_lr_scale}")
         return settings
 
 
@@ -134,8 +144,7 @@ class Trainer:
                 f"{frames.dataset.name}: no frame has both a positive (< {rule.positive_distance}) and a negative "
                 f"(> {rule.negative_distance}); widen the frame range or change the pair thresholds"
             )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.Adam(self._param_groups(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, settings.max_steps), eta_min=settings.min_lr
         )
@@ -155,6 +164,18 @@ class Trainer:
             ids = [self.env.local_rank] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True)
 
+    def _param_groups(self) -> list[dict]:
+        """The encoder (pretrained trunk) at lr * trunk_lr_scale, everything else at lr."""
+        if self.settings.trunk_lr_scale == 1.0:  # one group, as checkpoints of older runs hold
+            return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        trunk, heads = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (trunk if name.startswith("encoder.") else heads).append(p)
+        lr = self.settings.lr
+        groups = [{"params": heads, "lr": lr}, {"params": trunk, "lr": lr * self.settings.trunk_lr_scale}]
+        return [g for g in groups if g["params"]]
+
     @torch.no_grad()
     def _init_centroids(self, count: int) -> None:
         """NetVLAD centres from k-means of fused image+depth features of evenly spread frames."""
@@ -162,7 +183,11 @@ class Trainer:
         images = torch.stack([self.frames.image(i) for i in idx]).to(self.device)
         depths = torch.stack([self.frames.depth(i) for i in idx]).to(self.device)
         self.model.eval()
-        self.model.init_centroids(image=images, depth=depths)
+        subsets = self.settings.centroid_modalities
+        if subsets is None:
+            self.model.init_centroids(image=images, depth=depths)
+        else:
+            self.model.init_centroids(image=images, depth=depths, subsets=tuple(subsets))
 
     # ---- descriptor cache ----
     @torch.no_grad()

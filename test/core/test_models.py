@@ -224,6 +224,23 @@ def test_model_init_centroids_changes_the_aggregation():
     assert not torch.allclose(before, model.aggregation.vlad.centroids)
 
 
+def test_model_init_centroids_from_subsets_covers_single_modality_features():
+    model = build_model("cmirl_single_scale", load_pretrained=False).eval()
+    batch = inputs(("image", "depth"), batch=4)
+    with torch.no_grad():
+        depth_only = torch.nn.functional.normalize(model.local_features(depth=batch["depth"]), dim=1)
+        points = depth_only.transpose(0, 1).flatten(1).T
+
+    def mean_best_similarity():
+        return (points @ model.aggregation.vlad.centroids.T).max(1).values.mean().item()
+
+    model.init_centroids(**batch)
+    fused_only = mean_best_similarity()
+    model.init_centroids(**batch, subsets=("image", "depth", "image+depth"))
+    # Centres fitted on image+depth features alone sit away from the depth-only map side's features.
+    assert mean_best_similarity() > fused_only + 0.01
+
+
 def test_nmf_memberships_are_non_negative_and_deterministic():
     nmf = NMF(dim=32, clusters=6, iterations=6)
     features = torch.randn(2, 32, 4, 16)

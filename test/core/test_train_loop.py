@@ -160,3 +160,19 @@ def test_mining_warmup_draws_random_then_hardest_negatives(tmp_path):
 
     assert share_of_23(picks_hard) == 1.0
     assert share_of_23(picks_warm) < 0.5
+
+
+def test_trunk_lr_scale_and_centroid_modalities_settings(tmp_path):
+    model = ToyModel()
+    model.encoder = nn.Linear(2, 2)  # stands for a pretrained trunk
+    frames = TrainingFrames(ToyPlaces(), model.preprocessing, AugmentConfig(), 0.5)
+    settings = TrainSettings(lr=1e-3, trunk_lr_scale=0.1)
+    trainer = Trainer(model, frames, PairRule(5.0, 7.0), settings, tmp_path, torch.device("cpu"), _save)
+    lrs = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert lrs[id(model.encoder.weight)] == pytest.approx(1e-4)
+    assert lrs[id(model.head.weight)] == pytest.approx(1e-3)
+    assert len(lrs) == len(list(model.parameters()))
+    for bad in ({"train": {"trunk_lr_scale": 0.0}}, {"train": {"centroid_modalities": ["rgb"]}},
+                {"train": {"centroid_modalities": []}}):
+        with pytest.raises(ValueError):
+            TrainSettings.from_config(bad)
