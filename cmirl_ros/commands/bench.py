@@ -11,6 +11,7 @@ BENCHES = {
     "mapdb": "cmirl_ros.mapdb.benchmark",
     "geometry": "cmirl_ros.geometry.benchmark",
     "sim": "cmirl_ros.sim.benchmark",
+    "node": "cmirl_ros.ros.benchmark",
 }
 
 
