@@ -26,8 +26,15 @@ test-fast: $(STAMP)
 colcon-check: $(STAMP)
 	bash test/colcon_check.sh
 
+# The README's figures (the 1M-entry map figure: see docs/mapdb.md, it takes ~10 min).
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	mkdir -p out/bench
+	$(BIN)/cmirl bench geometry --json out/bench/geometry.json
+	for c in cmirl_b4 cmirl_lite modalink cmirl_no_acma cmirl_no_cmaf cmirl_single_scale; do \
+		$(BIN)/cmirl bench model --config $$c --height 128 --width 800 --threads 1 --json out/bench/model_$$c.json || exit 1; done
+	$(BIN)/cmirl bench mapdb --entries 100000 --dim 256 --index hnsw,flat --e2e --json out/bench/mapdb_100k.json
+	$(BIN)/cmirl bench sim --json out/bench/sim.json
+	$(BIN)/cmirl bench node --json out/bench/node.json
 
 clean:
 	rm -rf build install log out .pytest_cache
