@@ -43,22 +43,26 @@ def project_to_depth(
     """
     points = validate_points(points)
     xyz = np.asarray(points[:, :3], dtype=np.float32)
-    # float32 throughout: 120k points per scan, and millimetre precision is plenty.
+    # float32 throughout: 120k points per scan, and millimetre precision is plenty. The 3x3
+    # transform is written out per axis: a BLAS matmul would wake a thread pool for (N,3)@(3,3),
+    # which costs more than the arithmetic when cores are shared.
     R = T_cam_sensor[:3, :3].astype(np.float32)
     t = T_cam_sensor[:3, 3].astype(np.float32)
-    cam = xyz @ R.T + t
-    z = cam[:, 2]
+    x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    z_cam = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
     with np.errstate(invalid="ignore"):
-        in_front = z > MIN_DEPTH  # False for NaN, so NaN points never reach the image
-    cam, z = cam[in_front], z[in_front]
+        in_front = z_cam > MIN_DEPTH  # False for NaN, so NaN points never reach the image
+    x, y, z, z_cam = x[in_front], y[in_front], z[in_front], z_cam[in_front]
+    x_cam = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
+    y_cam = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
     K = camera.K.astype(np.float32)
     with np.errstate(invalid="ignore"):
-        u = np.floor(K[0, 0] * cam[:, 0] / z + K[0, 2] + 0.5)
-        v = np.floor(K[1, 1] * cam[:, 1] / z + K[1, 2] + 0.5)
+        u = np.floor(K[0, 0] * x_cam / z_cam + K[0, 2] + 0.5)
+        v = np.floor(K[1, 1] * y_cam / z_cam + K[1, 2] + 0.5)
         inside = (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
     pixel = v[inside].astype(np.int64) * camera.width + u[inside].astype(np.int64)
     depth = np.full(camera.width * camera.height, np.inf, dtype=np.float32)
-    np.minimum.at(depth, pixel, z[inside])
+    np.minimum.at(depth, pixel, z_cam[inside])
     depth[np.isinf(depth)] = 0.0
     if stats is not None:
         nan = ~np.isfinite(xyz.sum(axis=1))
