@@ -1,12 +1,15 @@
 """YAML configuration files: load, and resolve a config by name or path."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from cmirl_ros.paths import config_dir
+
+T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -33,3 +36,11 @@ def resolve_config(name_or_path: str | Path, kind: str) -> Path:
         return named
     known = sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
     raise FileNotFoundError(f"no {kind} config '{name_or_path}' (a .yaml path or one of: {', '.join(known)})")
+
+
+def dataclass_from_mapping(cls: type[T], data: dict, section: str) -> T:
+    """Build a config dataclass from a YAML mapping; unknown keys are an error naming `section`."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"{section}: unknown keys {sorted(unknown)} (known: {sorted(f.name for f in fields(cls))})")
+    return cls(**data)

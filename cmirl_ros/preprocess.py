@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.geometry import Calibration, PinholeCamera, ProjectionStats, project_to_depth
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,10 +42,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown preprocessing keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return dataclass_from_mapping(cls, data, "preprocessing")
 
     def crop_rows(self, image_height: int) -> int:
         return int(round(self.crop_top * image_height))

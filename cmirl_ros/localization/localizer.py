@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.localization.covariance import match_covariance
 from cmirl_ros.localization.rerank import NEEDS_TOKENS, RERANKERS, Query
 
@@ -43,10 +44,7 @@ class LocalizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LocalizerConfig":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown localizer options: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return dataclass_from_mapping(cls, data, "localizer")
 
     def to_dict(self) -> dict:
         return asdict(self)

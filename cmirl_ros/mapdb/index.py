@@ -9,10 +9,12 @@ Index types (chosen by `IndexConfig.type`):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
+
+from cmirl_ros.config import dataclass_from_mapping
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq", "auto")
 
@@ -43,11 +45,7 @@ class IndexConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "IndexConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown index option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return dataclass_from_mapping(cls, data, "index")
 
 
 def build_index(descriptors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, str]:

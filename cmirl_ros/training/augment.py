@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cmirl_ros.config import dataclass_from_mapping
+
 WEATHERS = ("fog", "rain", "snow")
 
 
@@ -26,11 +28,7 @@ class AugmentConfig:
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "AugmentConfig":
-        cfg = cfg or {}
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"augment: unknown keys {sorted(unknown)}")
-        return cls(**cfg)
+        return dataclass_from_mapping(cls, cfg or {}, "augment")
 
 
 def brightness_contrast(image: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.evaluation.metrics import evaluate_retrieval
 from cmirl_ros.training.augment import AugmentConfig
 from cmirl_ros.training.data import TrainingFrames
@@ -64,10 +65,7 @@ class TrainSettings:
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
         merged = {**cfg.get("train", {}), **cfg.get("loss", {}), **cfg.get("optim", {})}
-        unknown = set(merged) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"training config: unknown keys {sorted(unknown)} under train/loss/optim")
-        settings = cls(**merged)
+        settings = dataclass_from_mapping(cls, merged, "training config (train/loss/optim)")
         bad = set(settings.modality_weights) - set(MODALITIES)
         if bad or not settings.modality_weights:
             raise ValueError(f"modality_weights: keys must be among {MODALITIES}, got {sorted(settings.modality_weights)}")
