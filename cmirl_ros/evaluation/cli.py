@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cmirl_ros.datasets import open_dataset
     from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
-    from cmirl_ros.evaluation.report import atomic_write_text, markdown_table, plot_recall_curves, write_json
+    from cmirl_ros.atomic import atomic_write_text
+    from cmirl_ros.evaluation.report import markdown_table, plot_recall_curves, write_json
     from cmirl_ros.models import load_model, model_fingerprint
     from cmirl_ros.training.cli import set_torch_threads
 

@@ -7,9 +7,9 @@ serves the main results, the ablations (paper Table 1) and the conditions (Table
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from cmirl_ros.atomic import atomic_write, atomic_write_text
 
 Row = tuple[str, dict[str, dict[str, dict]]]  # (label, {group: {protocol: metrics}})
 
@@ -63,20 +63,6 @@ def markdown_table(rows: list[Row], title: str = "", row_header: str = "model") 
     return "\n".join(lines) + "\n"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: str | Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
@@ -100,9 +86,5 @@ def plot_recall_curves(curves: dict[str, list[float]], path: str | Path, title: 
         ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

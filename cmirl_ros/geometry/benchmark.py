@@ -76,6 +76,7 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     import cv2
 
+    from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.geometry import PinholeCamera, densify, project_to_depth
     from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
     from cmirl_ros.preprocess import Preprocessing
@@ -106,6 +107,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: projection + densification {ours:.2f} ms wall, {ours_cpu:.2f} ms CPU "
               f"(baseline {base:.2f} ms wall, {base_cpu:.2f} ms CPU; {base / ours:.2f}x)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0

@@ -1,13 +1,12 @@
 """KITTI odometry `calib.txt`: P0..P3 (3x4 projections of the rectified cameras) and Tr (velodyne -> cam0)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.atomic import atomic_write_text
 from cmirl_ros.geometry.camera import Calibration, PinholeCamera, make_transform
 
 KITTI_IMAGE_SIZE = (1241, 376)  # width, height of the odometry benchmark's colour images (seq 00-02)
@@ -68,15 +67,6 @@ def read_kitti_calib(path: str | Path, image_size: tuple[int, int] = KITTI_IMAGE
 def format_kitti_calib(calib: KittiCalib) -> str:
     rows = [(k, calib.P[k]) for k in ("P0", "P1", "P2", "P3")] + [("Tr", calib.Tr[:3])]
     return "".join(f"{k}: " + " ".join(f"{v:.12e}" for v in m.reshape(-1)) + "\n" for k, m in rows)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_kitti_calib(path: str | Path, calib: KittiCalib) -> None:

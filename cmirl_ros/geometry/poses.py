@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmirl_ros.geometry.kitti_calib import atomic_write_text
+from cmirl_ros.atomic import atomic_write_text
 
 KITTI_GROUND_AXES = (0, 2)
 

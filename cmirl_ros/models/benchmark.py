@@ -12,6 +12,8 @@ import statistics
 import time
 from pathlib import Path
 
+from cmirl_ros.atomic import atomic_write_text
+
 HELP = "model: parameter count and latency (p50 after warm-up) of a model config"
 MODALITIES = ("image+depth", "image", "depth")
 
@@ -110,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
     for modality, ms in latencies.items():
         print(f"  {modality:<20s} {ms:7.1f} ms {cpu_times[modality]:7.1f} ms  ({ms / baseline:4.2f}x baseline wall)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

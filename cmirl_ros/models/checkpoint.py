@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from cmirl_ros.atomic import atomic_write
 from cmirl_ros.models.inference import resolve_device
 from cmirl_ros.models.place_model import PlaceModel, architecture, build_model, config_hash
 
@@ -41,18 +40,6 @@ def model_fingerprint(model: PlaceModel) -> str:
     return f"{model.name}-{combined[:16]}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(model: PlaceModel, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
     """Write `path/model.safetensors` + `path/config.yaml` (or one file if `path` ends in .safetensors), atomically."""
     from safetensors.torch import save_file
@@ -70,10 +57,10 @@ def save_checkpoint(model: PlaceModel, path: str | Path, extra_metadata: dict[st
         "preprocessing": json.dumps(model.preprocessing.to_dict(), sort_keys=True),
         "extra": json.dumps(extra_metadata or {}, sort_keys=True, default=str),
     }
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata=metadata))
     if weights_path.parent == path:
         text = yaml.safe_dump(model.config, sort_keys=False)
-        _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return weights_path
 
 

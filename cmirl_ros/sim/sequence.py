@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cmirl_ros.geometry import KittiCalib, read_kitti_calib, write_kitti_calib, write_kitti_poses
-from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE, atomic_write_text
+from cmirl_ros.atomic import atomic_write_text
+from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.sim.conditions import get_condition
 from cmirl_ros.sim.render import CameraImage, LidarModel, Renderer, camera_rays, render_camera, scan_lidar
 from cmirl_ros.sim.trajectory import apply_viewpoint_change, load_trajectory, parse_frames, revisit_weight

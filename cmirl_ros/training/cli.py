@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cmirl_ros.config import load_yaml, resolve_config
     from cmirl_ros.datasets import open_dataset
-    from cmirl_ros.evaluation.report import atomic_write_text
+    from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.models import build_model, resolve_device, save_checkpoint
     from cmirl_ros.training.augment import AugmentConfig
     from cmirl_ros.training.data import StridedDataset, TrainingFrames

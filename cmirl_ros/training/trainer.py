@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cmirl_ros.atomic import atomic_write
 from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.evaluation.metrics import evaluate_retrieval
-from cmirl_ros.training.augment import AugmentConfig
 from cmirl_ros.training.data import TrainingFrames
 from cmirl_ros.training.loss import hardest_negatives, lazy_triplet_loss
 from cmirl_ros.training.pairs import PairRule, place_relations
@@ -108,12 +108,6 @@ def init_distributed(device: torch.device) -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
@@ -308,7 +302,8 @@ class Trainer:
         if not self.env.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(self.state_dict(), self.out_dir / STATE_FILE)
+        state = self.state_dict()
+        atomic_write(self.out_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
         self.save_model(self.model, self.out_dir)
 
     def resume(self) -> bool:
