@@ -2,6 +2,9 @@
 
     cmirl train --config config/train/cmirl_indoor.yaml --out out/train/cmirl_indoor [--max-steps N] [--resume]
 
+`--model` swaps the network and keeps everything else of the recipe: the paper's ablations
+are one training config run with several model configs.
+
 The config names the model (`model:` a config under config/models/), the data
 (`data:` dataset, root, seq, frames, stride; the dataset flags override it), the pair
 thresholds (`pairs:`), the augmentations (`augment:`) and the recipe (`train:`, `loss:`,
@@ -21,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", required=True, help="training config: a name under config/train/ or a .yaml path")
     parser.add_argument("--out", type=Path, required=True, help="output directory (model + train_state.pt + train_log.csv)")
+    parser.add_argument("--model", default=None,
+                        help="override the config's model: a name under config/models/ or a .yaml path")
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -88,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     set_torch_threads()
     config_path = resolve_config(args.config, "train")
     cfg = load_yaml(config_path)
+    if args.model is not None:
+        cfg["model"] = str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model
     if "model" not in cfg:
         raise ValueError(f"{config_path}: missing 'model' (a config name under config/models/ or a path)")
     settings = TrainSettings.from_config(cfg)

@@ -44,6 +44,17 @@ def test_train_writes_model_log_and_resumes(trained):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 
 
+def test_model_flag_swaps_the_network_and_keeps_the_recipe(trained, tmp_path):
+    root, _ = trained
+    (root / "tiny_rigid.yaml").write_text(yaml.safe_dump({**TINY_MODEL, "base": "cmirl_no_acma", "name": "tiny_rigid"}))
+    out = tmp_path / "rigid"
+    assert main(["train", "--config", str(root / "tiny.yaml"), "--model", str(root / "tiny_rigid.yaml"),
+                 "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["alignment"]["name"] == "rigid"
+    used = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert used["model"] == str(root / "tiny_rigid.yaml") and used["loss"]["cache_negatives"] == 1
+
+
 def test_map_build_then_eval_both_protocols(trained, sevenscenes, tmp_path):
     _, out = trained
     data = ["--dataset", "rgbd", "--root", str(sevenscenes), "--frames", "300:420"]
