@@ -10,9 +10,21 @@ import numpy as np
 import torch
 
 
-def squared_distances(anchor: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """anchor (B,D), others (B,K,D) -> (B,K) squared Euclidean distances."""
-    return ((others - anchor[:, None, :]) ** 2).sum(-1)
+DISTANCES = ("squared", "euclidean")
+
+
+def distances(anchor: torch.Tensor, others: torch.Tensor, kind: str = "squared") -> torch.Tensor:
+    """anchor (B,D), others (B,K,D) -> (B,K) squared or plain Euclidean distances.
+
+    The plain distance keeps a unit-length gradient when descriptors coincide, where the squared
+    one has none: a collapsed, constant descriptor is a stationary point only of the squared loss.
+    """
+    squared = ((others - anchor[:, None, :]) ** 2).sum(-1)
+    if kind == "squared":
+        return squared
+    if kind == "euclidean":
+        return torch.sqrt(squared + 1e-8)
+    raise ValueError(f"unknown triplet distance '{kind}' (known: {', '.join(DISTANCES)})")
 
 
 def lazy_triplet_loss(
@@ -21,17 +33,19 @@ def lazy_triplet_loss(
     negatives: torch.Tensor,
     margin: float,
     negative_mask: torch.Tensor | None = None,
+    distance: str = "squared",
 ) -> torch.Tensor:
     """Mean over anchors of max_j relu(margin + d(a, p) - d(a, n_j)).
 
     anchor, positive (B,D); negatives (B,K,D); `negative_mask` (B,K) marks which of the K
     are real negatives (padding and non-negatives are ignored). Anchors without any
-    negative contribute zero. d is the squared Euclidean distance.
+    negative contribute zero. d is the squared (PointNetVLAD, the default) or plain
+    Euclidean distance.
     """
     if negatives.shape[1] == 0:
         return anchor.sum() * 0.0
-    d_pos = ((anchor - positive) ** 2).sum(-1, keepdim=True)  # (B,1)
-    d_neg = squared_distances(anchor, negatives)  # (B,K)
+    d_pos = distances(anchor, positive[:, None, :], distance)  # (B,1)
+    d_neg = distances(anchor, negatives, distance)  # (B,K)
     hinge = torch.relu(margin + d_pos - d_neg)
     if negative_mask is not None:
         hinge = hinge * negative_mask.to(hinge.dtype)

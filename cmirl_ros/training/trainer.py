@@ -27,7 +27,7 @@ from cmirl_ros.atomic import atomic_write
 from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.evaluation.metrics import evaluate_retrieval
 from cmirl_ros.training.data import TrainingFrames
-from cmirl_ros.training.loss import hardest_negatives, lazy_triplet_loss
+from cmirl_ros.training.loss import DISTANCES, distances, hardest_negatives, lazy_triplet_loss
 from cmirl_ros.training.pairs import PairRule, place_relations
 
 MODALITIES = ("image", "depth", "image+depth")
@@ -45,6 +45,7 @@ class TrainSettings:
     steps_per_epoch: int = 100
     seed: int = 0
     margin: float = 0.5
+    distance: str = "squared"  # triplet distance: squared (PointNetVLAD) | euclidean (no collapsed stationary point)
     cache_negatives: int = 2  # hardest negatives per anchor taken from the descriptor cache
     mining_warmup_steps: int = 0  # before this step the cache negatives are random ones (hardest-first can collapse)
     lr: float = 1e-4
@@ -73,6 +74,8 @@ class TrainSettings:
                 not settings.centroid_modalities or set(settings.centroid_modalities) - set(MODALITIES)):
             raise ValueError(f"centroid_modalities: must be a non-empty list among {MODALITIES}, "
                              f"got {settings.centroid_modalities}")
+        if settings.distance not in DISTANCES:
+            raise ValueError(f"loss.distance: one of {', '.join(DISTANCES)}, got '{settings.distance}'")
         if settings.trunk_lr_scale <= 0:
             raise ValueError(f"trunk_lr_scale must be > 0, got {settings.trunk_lr_scale}")
         return settings
@@ -259,7 +262,7 @@ class Trainer:
         batch_mask = torch.from_numpy(self.negatives[np.ix_(anchors, positives)]).to(self.device)
         negs = torch.cat([pos_desc[None].expand(b, b, -1), hard_desc], dim=1)
         mask = torch.cat([batch_mask, torch.ones((b, h), dtype=torch.bool, device=self.device)], dim=1)
-        loss = lazy_triplet_loss(anchor_desc, pos_desc, negs, s.margin, mask)
+        loss = lazy_triplet_loss(anchor_desc, pos_desc, negs, s.margin, mask, s.distance)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -271,8 +274,8 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         with torch.no_grad():
-            d_pos = ((anchor_desc - pos_desc) ** 2).sum(-1, keepdim=True)
-            d_neg = ((negs - anchor_desc[:, None]) ** 2).sum(-1).masked_fill(~mask, float("inf"))
+            d_pos = distances(anchor_desc, pos_desc[:, None, :], s.distance)
+            d_neg = distances(anchor_desc, negs, s.distance).masked_fill(~mask, float("inf"))
             active = (d_neg < d_pos + s.margin).any(1).float().mean().item()
         return {"loss": float(loss.item()), "active": active, "modality": modality}
 

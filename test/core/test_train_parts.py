@@ -25,6 +25,24 @@ def test_lazy_triplet_gradient_moves_negative_away():
     assert n.grad[0, 0, 0] > 0  # gradient descent lowers x: away from the anchor
 
 
+def test_euclidean_triplet_escapes_a_collapsed_descriptor_where_squared_cannot():
+    # Everything at one point: the loss equals the margin either way, but only the plain
+    # distance gives the anchor a gradient (the squared loss is stationary at collapse).
+    collapsed = torch.tensor([[0.6, 0.8]])
+    a = collapsed.clone().requires_grad_(True)
+    p = collapsed + torch.tensor([[1e-3, 0.0]])
+    n = (collapsed + torch.tensor([[0.0, 1e-3]]))[:, None, :]
+    squared = lazy_triplet_loss(a, p, n, margin=0.5)
+    squared.backward()
+    assert squared.item() == pytest.approx(0.5, abs=1e-4) and a.grad.norm() < 1e-2
+    a.grad = None
+    plain = lazy_triplet_loss(a, p, n, margin=0.5, distance="euclidean")
+    plain.backward()
+    assert plain.item() == pytest.approx(0.5, abs=1e-2) and a.grad.norm() > 0.5
+    with pytest.raises(ValueError, match="unknown triplet distance"):
+        lazy_triplet_loss(a, p, n, margin=0.5, distance="cosine")
+
+
 def test_hardest_negatives_respects_mask_and_pads():
     anchors = np.array([[1.0, 0.0]], np.float32)
     cands = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], np.float32)
@@ -86,3 +104,7 @@ def test_train_cli_bad_configs_are_one_line_errors(tmp_path, capsys):
     no_root.write_text("model: cmirl_lite\n")
     assert main(["train", "--config", str(no_root), "--out", str(tmp_path / "o")]) == 2
     assert "no data root" in capsys.readouterr().err
+    bad_distance = tmp_path / "bad_distance.yaml"
+    bad_distance.write_text("model: cmirl_lite\ndata: {root: /nowhere}\nloss: {distance: cosine}\n")
+    assert main(["train", "--config", str(bad_distance), "--out", str(tmp_path / "o")]) == 2
+    assert "loss.distance: one of squared, euclidean" in capsys.readouterr().err
