@@ -10,6 +10,7 @@ a one-item slot; one inference thread takes it from there, so a slow model never
 """
 from __future__ import annotations
 
+import faulthandler
 import sys
 import threading
 import time
@@ -430,6 +431,7 @@ class LocalizerNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`)."""
+    faulthandler.enable()  # a crash in native code leaves the Python stacks in the log
     rclpy.init(args=args if args is not None else sys.argv)
     node = LocalizerNode()
     executor = SingleThreadedExecutor()
@@ -448,12 +450,22 @@ def main(args: list[str] | None = None) -> int:
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # SIGINT / SIGTERM: fall through to the orderly shutdown below
+    except Exception:
+        # The signal handler invalidates the context while a timer callback may still be
+        # publishing; that error is part of the shutdown, any other one is real.
+        if rclpy.ok():
+            raise
     finally:
+        # A shutdown that hangs dumps every thread's stack into the log and exits.
+        faulthandler.dump_traceback_later(20.0, exit=True)
         node._active = False
         node.stop_worker()
-        executor.shutdown()
         node.destroy_node()
+        # The context's shutdown callbacks wake the executor: shutting the executor down first
+        # let them touch its destroyed guard condition (an intermittent segfault at exit).
         rclpy.try_shutdown()
+        executor.shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return code
 
 
