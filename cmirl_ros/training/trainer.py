@@ -173,16 +173,13 @@ class Trainer:
 
     @torch.no_grad()
     def _init_centroids(self, count: int) -> None:
-        """NetVLAD centres from k-means of fused image+depth features of evenly spread frames."""
+        """NetVLAD centres from k-means of the local features of evenly spread frames (per `centroid_modalities`)."""
         idx = np.linspace(0, len(self.frames) - 1, min(count, len(self.frames))).astype(int)
         images = torch.stack([self.frames.image(i) for i in idx]).to(self.device)
         depths = torch.stack([self.frames.depth(i) for i in idx]).to(self.device)
         self.model.eval()
         subsets = self.settings.centroid_modalities
-        if subsets is None:
-            self.model.init_centroids(image=images, depth=depths)
-        else:
-            self.model.init_centroids(image=images, depth=depths, subsets=tuple(subsets))
+        self.model.init_centroids(image=images, depth=depths, subsets=None if subsets is None else tuple(subsets))
 
     # ---- descriptor cache ----
     @torch.no_grad()
