@@ -119,7 +119,7 @@ MAP_CASES: dict[str, ProbeCase] = {
     "counts_a_list": ProbeCase(lambda d: edit_manifest(d, _set([1], "counts")), MANIFEST),
     "counts_keyframes_negative": ProbeCase(lambda d: edit_manifest(d, _set(-1, "counts", "keyframes")), MANIFEST),
     "counts_keyframes_wrong": ProbeCase(lambda d: edit_manifest(d, lambda m: m["counts"].update(
-        keyframes=m["counts"]["keyframes"] + 1)), MANIFEST),
+        keyframes=m["counts"]["keyframes"] + 1)), DESCRIPTORS),  # the first file that disagrees with it
     "descriptor_dim_text": ProbeCase(lambda d: edit_manifest(d, _set("32", "descriptor", "dim")), MANIFEST),
     "descriptor_a_number": ProbeCase(lambda d: edit_manifest(d, _set(7, "descriptor")), MANIFEST),
     "index_type_unknown": ProbeCase(lambda d: edit_manifest(d, _set("annoy", "index", "type")), MANIFEST),
