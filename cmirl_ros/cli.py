@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from cmirl_ros.formats import one_line
+
 COMMANDS = {
     "sim": "cmirl_ros.sim.cli",
     "train": "cmirl_ros.training.cli",
@@ -38,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        # Bad input: one clear line naming the file and the problem, no traceback.
-        print(f"cmirl {args.command}: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        # Bad input (a bad file raises a ValueError naming it; an unwritable or missing path an
+        # OSError): one clear line naming the file and the problem, no traceback.
+        print(f"cmirl {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -96,12 +96,13 @@ def _show(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------- error conversion
 @contextmanager
-def refusing(path: str | Path, error: type[FileFormatError], what: str) -> Iterator[None]:
+def refusing(path: str | Path, error: type[FileFormatError], what: str,
+             passing: tuple[type[Exception], ...] = (FileNotFoundError,)) -> Iterator[None]:
     """Whatever reading `path` raises (KeyError, TokenError, faiss' RuntimeError, ...) leaves as
-    `error(path, f"{what}: ...")`. FileNotFoundError and typed errors pass through unchanged."""
+    `error(path, f"{what}: ...")`. Typed errors and `passing` ones leave unchanged."""
     try:
         yield
-    except (FileFormatError, FileNotFoundError):
+    except (FileFormatError, *passing):
         raise
     except Exception as e:
         raise error(path, f"{what}: {_describe(e, Path(path))}") from e

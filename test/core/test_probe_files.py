@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cmirl_ros.cli import main
+from cmirl_ros.config import load_yaml
 from cmirl_ros.formats import MapFormatError, ModelFormatError
 from cmirl_ros.mapdb import IndexConfig, Keyframes, MapDatabase
 from cmirl_ros.models import build_model, load_model, model_fingerprint, save_checkpoint
@@ -254,4 +255,7 @@ def test_bad_yaml_is_one_line_naming_the_file(kitti_root, tmp_path, capsys):
     assert main(["map", "build", "--model", str(bad), "--dataset", "kitti", "--root", str(kitti_root), "--seq", "00",
                  "--out", str(tmp_path / "m")]) == 2
     line = one_error_line(capsys, "bad.yaml")
-    assert f"{bad}:" in line and "YAML" in line
+    assert f"{bad}:3:1: invalid YAML: expected ',' or ']'" in line
+    with pytest.raises(ValueError) as error:
+        load_yaml(bad)
+    assert "\n" not in str(error.value)
