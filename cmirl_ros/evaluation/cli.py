@@ -87,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
     parse_frames(args.map_frames, "--map-frames")  # refused now, not after the models are loaded
     axes = base.ground_axes
     label = args.label or args.seq or base.name
-    map_cache: dict[tuple[str, str], MapSide] = {}
 
     def map_for(model, map_dir: str) -> MapSide:
         from cmirl_ros.mapdb import MapDatabase, build_map
