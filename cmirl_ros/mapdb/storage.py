@@ -53,7 +53,9 @@ def check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         raise ValueError(f"{target}: already exists (pass --overwrite to replace it)")
     if target.exists() and not target.is_dir():
-        raise ValueError(f"{target}: is a file, not a map directory; --overwrite only replaces a directory")
+        raise ValueError(f"{target}: is a file, not a map directory; --overwrite only replaces a map")
+    if target.is_dir() and any(target.iterdir()) and not (target / "manifest.json").is_file():
+        raise ValueError(f"{target}: is a directory without manifest.json, not a map; --overwrite only replaces a map")
 
 
 @contextmanager

@@ -143,11 +143,16 @@ def test_map_out_under_an_existing_file(valid_map, kitti_root, tmp_path, capsys,
     assert (tmp_path / "a_file").read_text() == "not a directory"
 
 
-def test_overwrite_refuses_to_replace_a_file(valid_map, tmp_path, capsys):
+def test_overwrite_refuses_to_replace_a_file_or_a_directory_that_is_no_map(valid_map, tmp_path, capsys):
     (tmp_path / "a_file").write_text("keep me")
     assert main(["map", "merge", str(valid_map), "--out", str(tmp_path / "a_file"), "--overwrite"]) == 2
     one_error_line(capsys, "a_file")
     assert (tmp_path / "a_file").read_text() == "keep me"
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_text("keep me too")
+    assert main(["map", "merge", str(valid_map), "--out", str(tmp_path / "photos"), "--overwrite"]) == 2
+    assert "not a map" in one_error_line(capsys, "photos")
+    assert (tmp_path / "photos" / "holiday.jpg").read_text() == "keep me too"
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -259,3 +264,72 @@ def test_bad_yaml_is_one_line_naming_the_file(kitti_root, tmp_path, capsys):
     with pytest.raises(ValueError) as error:
         load_yaml(bad)
     assert "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------------------------ "any content"
+def _key_paths(node, prefix=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield prefix + (key,)
+            yield from _key_paths(value, prefix + (key,))
+
+
+def test_any_value_at_any_manifest_key_gives_a_map_or_map_format_error(valid_map, tmp_path):
+    """Every key of a real manifest, replaced by values of every JSON type: the load succeeds (the key
+    does not matter to loading) or raises MapFormatError naming the manifest or the file it describes."""
+    import json
+
+    original = json.loads((valid_map / "manifest.json").read_text())
+    damaged = tmp_path / "map"
+    shutil.copytree(valid_map, damaged)
+    refused = 0
+    for path in list(_key_paths(original)):
+        for value in (None, "x", -1, 0, 10**30, 1.5, True, [], {}, [1, 2]):
+            manifest = json.loads(json.dumps(original))
+            node = manifest
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            (damaged / "manifest.json").write_text(json.dumps(manifest))
+            try:
+                MapDatabase.load(damaged)
+            except MapFormatError as e:
+                assert "\n" not in str(e) and e.path.parent == damaged, (path, value, e)
+                refused += 1
+    assert refused > 100
+
+
+def test_random_npy_header_edits_with_their_checksum_give_map_format_error(valid_map, tmp_path):
+    from probe_cases import DESCRIPTORS, rewrite_file
+
+    rng = np.random.default_rng(0)
+    original = (valid_map / DESCRIPTORS).read_bytes()
+    damaged = tmp_path / "map"
+    shutil.copytree(valid_map, damaged)
+    for _ in range(200):
+        data = bytearray(original)
+        for position in rng.integers(0, 128, rng.integers(1, 4)):
+            data[position] = rng.choice(list(b"()[]{}',:0123456789 <>fiuTFalse\n\x00\xff"))
+        rewrite_file(damaged, DESCRIPTORS, bytes(data))
+        try:
+            MapDatabase.load(damaged)
+        except MapFormatError as e:
+            assert "\n" not in str(e) and e.path.name in ("descriptors.npy", "manifest.json"), e
+
+
+def test_random_keyframe_table_edits_with_their_checksum_give_map_format_error(valid_map, tmp_path):
+    from probe_cases import KEYFRAMES, rewrite_file
+
+    rng = np.random.default_rng(1)
+    original = (valid_map / KEYFRAMES).read_bytes()
+    damaged = tmp_path / "map"
+    shutil.copytree(valid_map, damaged)
+    for _ in range(200):
+        data = bytearray(original)
+        for position in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[position] = rng.choice(list(b',"\n\r\x00\xff-.e0123456789naif '))
+        rewrite_file(damaged, KEYFRAMES, bytes(data))
+        try:
+            MapDatabase.load(damaged)
+        except MapFormatError as e:
+            assert "\n" not in str(e) and e.path.name == "keyframes.csv", e
