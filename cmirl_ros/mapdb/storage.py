@@ -65,8 +65,8 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     Readers never see a half-written map. An existing `target` is only replaced when `overwrite`:
     the new directory is first renamed to `.NAME.new` (complete), the old one to `.NAME.old`, the new
     one to NAME, then the old one deleted. A crash anywhere in between is repaired by the next load
-    or save of NAME (`recover_interrupted_save`), which also deletes temporaries of dead saves. On any
-    error the temporary directory is removed and `target` is untouched.
+    (`recover_interrupted_save`) or save of NAME; a save also deletes the temporaries of dead saves.
+    On any error the temporary directory is removed and `target` is untouched.
     """
     target = Path(target)
     check_target(target, overwrite)
