@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from cmirl_ros.formats import one_line
+
 COMMANDS = {
     "sim": "cmirl_ros.sim.cli",
     "train": "cmirl_ros.training.cli",
@@ -27,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        # argparse %-formats help strings (not descriptions): a literal % ("Recall@1%") must be doubled.
+        sub = subparsers.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser
@@ -37,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
-        # Bad input: one clear line naming the file and the problem, no traceback.
-        print(f"cmirl {args.command}: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        # Bad input (a bad file raises a ValueError naming it; an unwritable or missing path an
+        # OSError): one clear line naming the file and the problem, no traceback.
+        print(f"cmirl {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -43,17 +43,20 @@ class Dataset(abc.ABC):
         """Load frame i (the i-th selected frame) from disk."""
 
 
-def parse_frames(spec: str | None) -> slice:
-    """'A:B' -> slice(A, B) over source frame numbers (either end may be empty)."""
+def parse_frames(spec: str | None, flag: str = "--frames") -> slice:
+    """'A:B' -> slice(A, B) over source frame numbers (either end may be empty); an empty range is refused."""
     if not spec:
         return slice(None)
     start, sep, stop = spec.partition(":")
     if not sep:
-        raise ValueError(f"--frames expects A:B (for example 0:3000), got {spec!r}")
+        raise ValueError(f"{flag} expects A:B (for example 0:3000), got {spec!r}")
     try:
-        return slice(int(start) if start else None, int(stop) if stop else None)
+        frames = slice(int(start) if start else None, int(stop) if stop else None)
     except ValueError:
-        raise ValueError(f"--frames expects integers A:B, got {spec!r}") from None
+        raise ValueError(f"{flag} expects integers A:B, got {spec!r}") from None
+    if frames.start is not None and frames.stop is not None and frames.stop <= frames.start:
+        raise ValueError(f"{flag} {spec} is an empty range (A:B selects frames A..B-1, so B must exceed A)")
+    return frames
 
 
 def select_frames(frame_ids: list[int], frames: slice) -> list[int]:
@@ -70,5 +73,10 @@ def add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> 
     group.add_argument("--frames", default=None, help="frame range A:B (source frame numbers, B excluded)")
 
 
-def open_dataset(args: argparse.Namespace) -> Dataset:
-    return DATASETS.get(args.dataset)(root=args.root, seq=args.seq, frames=parse_frames(args.frames))
+def open_dataset(args: argparse.Namespace, flag: str = "--frames") -> Dataset:
+    """The dataset the shared flags select (`args.frames` is what `flag` gave); no frames is an error."""
+    dataset = DATASETS.get(args.dataset)(root=args.root, seq=args.seq, frames=parse_frames(args.frames, flag))
+    if len(dataset) == 0:
+        where = f"{flag} {args.frames}: no frames of {dataset.name} in that range" if args.frames else f"{args.root}: no frames"
+        raise ValueError(where)
+    return dataset

@@ -66,7 +66,7 @@ def _subset(dataset, stride: int):
 def run(args: argparse.Namespace) -> int:
     import copy
 
-    from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.datasets import open_dataset, parse_frames
     from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
     from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.evaluation.report import markdown_table, plot_recall_curves, write_json
@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     query_roots = _pairs(args.conditions, "--conditions") if args.conditions else [(None, str(args.root))]
 
     base = open_dataset(args)
+    parse_frames(args.map_frames, "--map-frames")  # refused now, not after the models are loaded
     axes = base.ground_axes
     label = args.label or args.seq or base.name
-    map_cache: dict[tuple[str, str], MapSide] = {}
 
     def map_for(model, map_dir: str) -> MapSide:
         from cmirl_ros.mapdb import MapDatabase, build_map
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             return MapSide.from_database(MapDatabase.load(map_dir, expect_fingerprint=model_fingerprint(model)))
         map_args = copy.copy(args)
         map_args.frames = args.map_frames
-        return MapSide.from_database(build_map(open_dataset(map_args), model, args.keyframe_distance, args.keyframe_angle))
+        return MapSide.from_database(build_map(open_dataset(map_args, "--map-frames"), model, args.keyframe_distance, args.keyframe_angle))
 
     table: dict[str, dict[str, dict]] = {}  # row label -> column group -> protocol -> metrics
     curves = {}

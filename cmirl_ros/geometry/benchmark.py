@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 HELP = "projection + densification latency at 128x800 and 376x1241 (median ms, one core)"
-KITTI_K = (718.856, 718.856, 607.1928, 185.2157)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,15 +76,15 @@ def run(args: argparse.Namespace) -> int:
     import cv2
 
     from cmirl_ros.atomic import atomic_write_text
-    from cmirl_ros.geometry import PinholeCamera, densify, project_to_depth
-    from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
+    from cmirl_ros.geometry import densify, project_to_depth
+    from cmirl_ros.geometry.kitti_calib import kitti_00_02_calib
     from cmirl_ros.preprocess import Preprocessing
 
     cv2.setNumThreads(1)
     _pin_to_one_core()
     scan = synthetic_hdl64_scan()
     T_cam_velo = np.array([[0, -1, 0, 0], [0, 0, -1, -0.08], [1, 0, 0, -0.27], [0, 0, 0, 1.0]])
-    full = PinholeCamera.from_params(*KITTI_K, *KITTI_IMAGE_SIZE)
+    full = kitti_00_02_calib().camera2
     cameras = {"128x800": Preprocessing(height=128, width=800).virtual_camera(full), "376x1241": full}
     results = {"points": len(scan)}
     for name, camera in cameras.items():

@@ -39,6 +39,29 @@ class KittiCalib:
         return Calibration(self.camera2, self.T_cam2_velo)
 
 
+# The real calibration of KITTI odometry sequences 00-02 (recording 2011-10-03), from
+# ../shared/data/kitti-odometry-meta/calib/2011_10_03_seq00-02.txt, embedded so the simulator and
+# the benchmarks work without the shared data. The one source of KITTI's intrinsics in the code.
+KITTI_00_02_P = {
+    "P0": [718.856, 0.0, 607.1928, 0.0, 0.0, 718.856, 185.2157, 0.0, 0.0, 0.0, 1.0, 0.0],
+    "P1": [718.856, 0.0, 607.1928, -386.1448, 0.0, 718.856, 185.2157, 0.0, 0.0, 0.0, 1.0, 0.0],
+    "P2": [718.856, 0.0, 607.1928, 45.38225, 0.0, 718.856, 185.2157, -0.1130887, 0.0, 0.0, 1.0, 0.003779761],
+    "P3": [718.856, 0.0, 607.1928, -337.2877, 0.0, 718.856, 185.2157, 2.369057, 0.0, 0.0, 1.0, 0.004915215],
+}
+KITTI_00_02_TR = [
+    4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02,
+    -7.210626507497e-03, 8.081198471645e-03, -9.999413164504e-01, -5.403984729748e-02,
+    9.999738645903e-01, 4.859485810390e-04, -7.206933692422e-03, -2.921968648686e-01,
+]
+
+
+def kitti_00_02_calib() -> KittiCalib:
+    """Sequences 00-02 at their native 1241x376; `.camera2` is the colour camera the papers use."""
+    P = {k: np.array(v, np.float64).reshape(3, 4) for k, v in KITTI_00_02_P.items()}
+    Tr = np.vstack([np.array(KITTI_00_02_TR).reshape(3, 4), [0, 0, 0, 1]])
+    return KittiCalib(P, Tr, KITTI_IMAGE_SIZE)
+
+
 def read_kitti_calib(path: str | Path, image_size: tuple[int, int] = KITTI_IMAGE_SIZE) -> KittiCalib:
     path = Path(path)
     if not path.is_file():

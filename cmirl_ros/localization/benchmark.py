@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import numpy as np
 
-KITTI_K = [[718.856, 0.0, 607.193], [0.0, 718.856, 185.216], [0.0, 0.0, 1.0]]
 # LiDAR (x forward, y left, z up) -> camera (x right, y down, z forward), 8 cm below and behind.
 T_CAM_VELO = [[0, -1, 0, 0], [0, 0, -1, -0.08], [1, 0, 0, -0.27], [0, 0, 0, 1]]
 
 
 def kitti_like_frame(seed: int = 0):
     """(image (376,1241,3) uint8, scan (120000,4) float32, Calibration) with KITTI's geometry."""
-    from cmirl_ros.geometry import Calibration, PinholeCamera
+    from cmirl_ros.geometry import Calibration
+    from cmirl_ros.geometry.kitti_calib import kitti_00_02_calib
 
+    camera = kitti_00_02_calib().camera2
     rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (376, 1241, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
     azimuth = rng.uniform(-np.pi, np.pi, 120_000)
     elevation = rng.uniform(np.radians(-25), np.radians(3), 120_000)
     ranges = rng.uniform(2.0, 60.0, 120_000)
     points = np.stack([ranges * np.cos(elevation) * np.cos(azimuth), ranges * np.cos(elevation) * np.sin(azimuth),
                        ranges * np.sin(elevation), rng.uniform(0, 1, 120_000)], axis=1).astype(np.float32)
-    return image, points, Calibration(PinholeCamera(np.array(KITTI_K), 1241, 376), np.array(T_CAM_VELO, float))
+    return image, points, Calibration(camera, np.array(T_CAM_VELO, float))
 
 
 def end_to_end(model_name: str, mapdb, threads: int, queries: int = 30, warmup: int = 3) -> dict:

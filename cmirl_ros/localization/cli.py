@@ -32,15 +32,16 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.datasets import open_dataset
     from cmirl_ros.localization import Localizer, LocalizerConfig
     from cmirl_ros.mapdb import MapDatabase
-    from cmirl_ros.mapdb.database import read_manifest
+    from cmirl_ros.mapdb.validate import read_manifest
     from cmirl_ros.models import load_model, model_fingerprint
 
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
     dataset = open_dataset(args)
-    if not args.map.is_dir():
-        raise FileNotFoundError(f"{args.map}: map directory not found")
-    model = load_model(args.model or read_manifest(args.map).get("model", {}).get("name"), device=args.device)
+    model_name = args.model or read_manifest(args.map).get("model", {}).get("name")
+    if not model_name:
+        raise ValueError(f"{args.map}: the manifest names no model; pass --model")
+    model = load_model(model_name, device=args.device)
     mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
     config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
                              exclude_session=dataset.name, rerank=args.rerank)

@@ -20,7 +20,7 @@ import numpy as np
 
 from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.localization.covariance import match_covariance
-from cmirl_ros.localization.rerank import NEEDS_TOKENS, RERANKERS, Query
+from cmirl_ros.localization.rerank import NEEDS_TOKENS, RERANKERS, EncodedQuery
 
 
 @dataclass
@@ -134,9 +134,9 @@ class Localizer:
     def localize_descriptor(self, descriptor: np.ndarray, stamp: float = 0.0) -> LocalizationResult:
         """Search only, for a descriptor computed elsewhere (offline tools, batch evaluation)."""
         with self._lock:
-            return self._search(Query(np.asarray(descriptor, dtype=np.float32).reshape(-1)), stamp)
+            return self._search(EncodedQuery(np.asarray(descriptor, dtype=np.float32).reshape(-1)), stamp)
 
-    def _encode(self, image, depth, device) -> Query:
+    def _encode(self, image, depth, device) -> EncodedQuery:
         import torch
 
         from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
@@ -145,13 +145,13 @@ class Localizer:
         # Same numerics as map building (`describe`): fp16 autocast on CUDA, fp32 on CPU.
         with torch.inference_mode(), autocast_for(device):
             if self.config.rerank not in NEEDS_TOKENS:
-                return Query(self.model(image=image, depth=depth)[0].float().cpu().numpy())
+                return EncodedQuery(self.model(image=image, depth=depth)[0].float().cpu().numpy())
             grid = self.mapdb.manifest.get("tokens", {}).get("grid", [4, 16])
             with capture_local_features(self.model) as features:
                 descriptor = self.model(image=image, depth=depth)[0].float().cpu().numpy()
-            return Query(descriptor, pool_tokens(features[0], tuple(grid))[0])
+            return EncodedQuery(descriptor, pool_tokens(features[0], tuple(grid))[0])
 
-    def _search(self, query: Query, stamp: float) -> LocalizationResult:
+    def _search(self, query: EncodedQuery, stamp: float) -> LocalizationResult:
         cfg, mapdb, descriptor = self.config, self.mapdb, query.descriptor
         start = time.perf_counter()
         fetch = cfg.top_k if cfg.rerank == "none" else max(cfg.top_k, cfg.rerank_candidates)

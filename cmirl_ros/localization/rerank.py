@@ -1,6 +1,6 @@
 """Re-ranking of the top candidates, chosen by name (`LocalizerConfig.rerank`).
 
-A reranker gets the query (`Query`: descriptor (D,), local tokens (T, C) or None), the candidate
+A reranker gets the query (`EncodedQuery`: descriptor (D,), local tokens (T, C) or None), the candidate
 keyframe ids (K,) and their index scores (K,), and returns new scores (K,); the localizer re-sorts
 by them.
 - `none`: keep the index's order.
@@ -26,23 +26,25 @@ NEEDS_TOKENS = {"cross_attention"}
 
 
 @dataclass
-class Query:
+class EncodedQuery:
+    """A query after the network: what search and re-ranking use (not the node's pending camera message)."""
+
     descriptor: np.ndarray  # (D,) float32
     tokens: np.ndarray | None = None  # (T, C) float16 local tokens, when the reranker needs them
 
 
 @RERANKERS.register("none")
-def keep_order(query: Query, ids: np.ndarray, scores: np.ndarray, mapdb) -> np.ndarray:
+def keep_order(query: EncodedQuery, ids: np.ndarray, scores: np.ndarray, mapdb) -> np.ndarray:
     return scores
 
 
 @RERANKERS.register("exact")
-def exact_scores(query: Query, ids: np.ndarray, scores: np.ndarray, mapdb) -> np.ndarray:
+def exact_scores(query: EncodedQuery, ids: np.ndarray, scores: np.ndarray, mapdb) -> np.ndarray:
     return _candidate_descriptors(mapdb, ids) @ query.descriptor
 
 
 @RERANKERS.register("query_expansion")
-def query_expansion(query: Query, ids: np.ndarray, scores: np.ndarray, mapdb,
+def query_expansion(query: EncodedQuery, ids: np.ndarray, scores: np.ndarray, mapdb,
                     neighbours: int = 3, alpha: float = 3.0) -> np.ndarray:
     candidates = _candidate_descriptors(mapdb, ids)
     top = np.argsort(-scores)[:neighbours]
@@ -53,7 +55,7 @@ def query_expansion(query: Query, ids: np.ndarray, scores: np.ndarray, mapdb,
 
 
 @RERANKERS.register("cross_attention")
-def cross_attention(query: Query, ids: np.ndarray, scores: np.ndarray, mapdb) -> np.ndarray:
+def cross_attention(query: EncodedQuery, ids: np.ndarray, scores: np.ndarray, mapdb) -> np.ndarray:
     from cmirl_ros.mapdb.tokens import attention_scores
 
     if query.tokens is None or mapdb.tokens is None:

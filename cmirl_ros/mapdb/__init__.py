@@ -8,6 +8,7 @@ import importlib
 
 _EXPORTS = {
     "MapDatabase": "cmirl_ros.mapdb.database",
+    "MapFormatError": "cmirl_ros.formats",
     "Keyframes": "cmirl_ros.mapdb.keyframes",
     "select_keyframes": "cmirl_ros.mapdb.keyframes",
     "IndexConfig": "cmirl_ros.mapdb.index",

@@ -64,11 +64,9 @@ def model_record(model) -> dict:
 
 
 def map_manifest(model, dataset, keyframe_distance: float, keyframe_angle: float) -> dict:
-    camera = model.preprocessing.virtual_camera(dataset.calib.camera)
     return {
         "model": model_record(model),
         "preprocessing": model.preprocessing.to_dict(),
-        "virtual_camera": {"K": np.asarray(camera.K).tolist(), "width": camera.width, "height": camera.height},
         "source": {"dataset": dataset.name, "frames": len(dataset)},
         "keyframe_selection": {"distance_m": keyframe_distance, "angle_deg": keyframe_angle,
                                "ground_axes": list(dataset.ground_axes) if dataset.ground_axes else None},

@@ -103,5 +103,6 @@ def _info(args: argparse.Namespace) -> int:
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:
     # Fail before the (long) build rather than at save time.
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out}: already exists (pass --overwrite to replace it)")
+    from cmirl_ros.mapdb.storage import check_target
+
+    check_target(out, overwrite)

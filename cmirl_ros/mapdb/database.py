@@ -17,12 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.formats import MAP_FORMAT as FORMAT
+from cmirl_ros.formats import MAP_FORMAT_VERSION as FORMAT_VERSION
 from cmirl_ros.mapdb.keyframes import Keyframes
 from cmirl_ros.mapdb.storage import atomic_directory, sha256_file
+from cmirl_ros.mapdb.validate import (
+    MANIFEST,
+    check_file,
+    check_model,
+    read_array,
+    read_index,
+    read_keyframes,
+    read_manifest,
+    stored_index_config,
+)
 
-FORMAT = "cmirl_map"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 DESCRIPTORS = "descriptors.npy"
 KEYFRAMES = "keyframes.csv"
 INDEX = "index.faiss"
@@ -154,32 +163,27 @@ class MapDatabase:
     @classmethod
     def load(cls, directory: str | Path, expect_fingerprint: str | None = None, verify: bool = True,
              index_config=None) -> "MapDatabase":
-        """Load and validate a map directory. Raises FileNotFoundError / ValueError naming the file.
+        """Load and validate a map directory (`cmirl_ros/mapdb/validate.py`). Whatever the directory
+        holds, raises only FileNotFoundError or `MapFormatError` (a ValueError) naming the file, or a
+        ValueError for a model mismatch. An `--overwrite` save interrupted by a crash is finished first.
 
         `expect_fingerprint`: the model fingerprint the caller will query with; a map built with
         another model is refused. `verify`: check every file's sha256 against the manifest.
         `index_config`: search parameters; a different index type than the stored one rebuilds it.
         """
-        from cmirl_ros.mapdb.index import IndexConfig
-
         directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: map directory not found")
         manifest = read_manifest(directory)
         check_model(manifest, directory / MANIFEST, expect_fingerprint)
+        stored = stored_index_config(manifest, directory / MANIFEST)
         has_tokens = TOKENS in manifest["files"]
         for name in (DESCRIPTORS, KEYFRAMES, INDEX) + ((TOKENS,) if has_tokens else ()):
-            _check_file(directory, name, manifest, verify)
-        descriptors = _read_descriptors(directory / DESCRIPTORS, manifest)
-        tokens = _read_tokens(directory / TOKENS, len(descriptors)) if has_tokens else None
-        keyframes = Keyframes.read_csv(directory / KEYFRAMES)
-        if len(keyframes) != len(descriptors):
-            raise ValueError(f"{directory / KEYFRAMES}: {len(keyframes)} rows, but {len(descriptors)} descriptors")
-        stored = IndexConfig.from_dict(manifest["index"]["config"])
+            check_file(directory, name, manifest, verify)
+        shape = (manifest["counts"]["keyframes"], manifest["descriptor"]["dim"])
+        descriptors = read_array(directory / DESCRIPTORS, np.float32, shape)
+        tokens = read_array(directory / TOKENS, np.float16, (shape[0], None, None)) if has_tokens else None
+        keyframes = read_keyframes(directory / KEYFRAMES, shape[0])
         config = index_config or stored
-        index = None
-        if config.resolved_type(len(descriptors)) == manifest["index"]["type"]:
-            index = _read_index(directory / INDEX, descriptors.shape)
+        index = read_index(directory / INDEX, shape) if config.resolved_type(shape[0]) == manifest["index"]["type"] else None
         return cls(descriptors, keyframes, manifest, index_config=config, index=index, tokens=tokens)
 
     # ------------------------------------------------------------------ merge
@@ -209,81 +213,3 @@ class MapDatabase:
             tokens = np.concatenate([np.asarray(m.tokens) for m in maps])
         return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config, tokens=tokens)
 
-
-def read_manifest(directory: Path) -> dict:
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: map manifest missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupted manifest (not valid JSON: {e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a cmirl map manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: map format version {manifest.get('format_version')} is not supported "
-            f"(this cmirl_ros reads version {FORMAT_VERSION}); rebuild the map with `cmirl map build`"
-        )
-    for key in ("descriptor", "index", "files", "counts"):
-        if key not in manifest:
-            raise ValueError(f"{path}: manifest lacks '{key}'")
-    return manifest
-
-
-def check_model(manifest: dict, path: Path, expect_fingerprint: str | None) -> None:
-    if expect_fingerprint is None:
-        return
-    model = manifest.get("model", {})
-    if model.get("fingerprint") != expect_fingerprint:
-        raise ValueError(
-            f"{path}: model mismatch: the map was built with model '{model.get('name')}' "
-            f"(fingerprint {model.get('fingerprint')}), the localizer uses fingerprint {expect_fingerprint}; "
-            "rebuild the map with this model"
-        )
-
-
-def _check_file(directory: Path, name: str, manifest: dict, verify: bool) -> None:
-    path = directory / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: map file missing")
-    expected = manifest["files"].get(name)
-    if expected is None:
-        raise ValueError(f"{directory / MANIFEST}: no checksum recorded for {name}")
-    if path.stat().st_size != expected["bytes"]:
-        raise ValueError(f"{path}: corrupted (size {path.stat().st_size} bytes, manifest says {expected['bytes']})")
-    if verify and sha256_file(path) != expected["sha256"]:
-        raise ValueError(f"{path}: corrupted (sha256 does not match manifest.json)")
-
-
-def _read_descriptors(path: Path, manifest: dict) -> np.ndarray:
-    try:
-        descriptors = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path}: corrupted descriptor array ({e})") from None
-    expected = (manifest["counts"]["keyframes"], manifest["descriptor"]["dim"])
-    if descriptors.dtype != np.float32 or descriptors.shape != expected:
-        raise ValueError(f"{path}: expected float32 {expected}, found {descriptors.dtype} {descriptors.shape}")
-    return descriptors
-
-
-def _read_tokens(path: Path, count: int) -> np.ndarray:
-    try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path}: corrupted token array ({e})") from None
-    if tokens.dtype != np.float16 or tokens.ndim != 3 or len(tokens) != count:
-        raise ValueError(f"{path}: expected float16 ({count}, T, C), found {tokens.dtype} {tokens.shape}")
-    return tokens
-
-
-def _read_index(path: Path, shape: tuple[int, int]):
-    import faiss
-
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: corrupted FAISS index ({str(e).splitlines()[0]})") from None
-    if index.ntotal != shape[0] or index.d != shape[1]:
-        raise ValueError(f"{path}: index holds {index.ntotal} x {index.d}, descriptors are {shape[0]} x {shape[1]}")
-    return index

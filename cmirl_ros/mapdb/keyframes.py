@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.formats import MapFormatError
 from cmirl_ros.geometry.poses import travelled_distance
 
 COLUMNS = ("id", "stamp", "session", "source_frame", "x", "y", "z", "qx", "qy", "qz", "qw", "frame_id")
@@ -108,7 +109,7 @@ class Keyframes:
         with open(path, newline="") as f:
             reader = csv.reader(f)
             if tuple(next(reader, ())) != COLUMNS:
-                raise ValueError(f"{path}: not a keyframe table (expected header {','.join(COLUMNS)})")
+                raise MapFormatError(path, f"not a keyframe table (expected header {','.join(COLUMNS)})")
             if next(reader, None) is None:
                 return cls(np.zeros(0), [], [], np.zeros((0, 3)), np.zeros((0, 4)), [])
         try:
@@ -116,9 +117,9 @@ class Keyframes:
             numbers = _columns(path, (1, 4, 5, 6, 7, 8, 9, 10), np.float64).reshape(len(ids), 8)
             sessions, source_frames, frame_ids = (_columns(path, column, str) for column in (2, 3, 11))
         except ValueError as e:
-            raise ValueError(f"{path}: malformed keyframe table: {e}") from None
+            raise MapFormatError(path, f"malformed keyframe table: {e}") from None
         if not np.array_equal(ids, np.arange(len(ids))):
-            raise ValueError(f"{path}: keyframe ids must be the row numbers 0..N-1")
+            raise MapFormatError(path, "keyframe ids must be the row numbers 0..N-1")
         return cls(numbers[:, 0], sessions, source_frames, numbers[:, 1:4], numbers[:, 4:8], frame_ids)
 
 

@@ -6,6 +6,7 @@ picks one of each. See docs/models.md.
 from cmirl_ros.models.aggregation import AGGREGATIONS
 from cmirl_ros.models.alignment import ALIGNMENTS
 from cmirl_ros.models.backbones import BACKBONES
+from cmirl_ros.formats import ModelFormatError
 from cmirl_ros.models.checkpoint import (
     load_checkpoint,
     load_model,
@@ -24,6 +25,7 @@ __all__ = [
     "BACKBONES",
     "ENCODERS",
     "FUSIONS",
+    "ModelFormatError",
     "PlaceModel",
     "build_model",
     "describe",

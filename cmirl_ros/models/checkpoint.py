@@ -17,17 +17,28 @@ import torch
 import yaml
 
 from cmirl_ros.atomic import atomic_write
+from cmirl_ros.formats import (
+    CHECKPOINT_FORMAT as FORMAT,
+    CHECKPOINT_JSON_KEYS,
+    MODEL_METADATA_SCHEMA,
+    ModelFormatError,
+    refusing,
+    schema_problem,
+)
 from cmirl_ros.models.inference import resolve_device
 from cmirl_ros.models.place_model import PlaceModel, architecture, build_model, config_hash
 
-FORMAT = "cmirl_ros.place_model/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
+    return state_sha256(model.state_dict())
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in sorted(state.items()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{key}:{data.dtype}:{tuple(data.shape)};".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -36,8 +47,11 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def model_fingerprint(model: PlaceModel) -> str:
     """`NAME-<16 hex>`: changes with the architecture config or any weight; what maps record."""
-    combined = hashlib.sha256(f"{config_hash(model.config)}:{weights_sha256(model)}".encode()).hexdigest()
-    return f"{model.name}-{combined[:16]}"
+    return _fingerprint(model.name, config_hash(model.config), weights_sha256(model))
+
+
+def _fingerprint(name: str, config_digest: str, weights_digest: str) -> str:
+    return f"{name}-{hashlib.sha256(f'{config_digest}:{weights_digest}'.encode()).hexdigest()[:16]}"
 
 
 def save_checkpoint(model: PlaceModel, path: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
@@ -72,22 +86,37 @@ def _weights_file(path: Path) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """-> (state dict, metadata with 'config', 'preprocessing', 'extra' decoded)."""
+    """-> (state dict, metadata with 'config', 'preprocessing', 'extra' decoded), validated: the
+    metadata against `MODEL_METADATA_SCHEMA`, the config against its config_hash, the weights against
+    their weights_sha256, both against the fingerprint. Raises only FileNotFoundError or ModelFormatError."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     weights_path = _weights_file(Path(path))
-    try:
+    with refusing(weights_path, ModelFormatError, "not a readable safetensors checkpoint"):
         with safe_open(str(weights_path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
         state = load_file(str(weights_path))
-    except Exception as e:
-        raise ValueError(f"{weights_path}: not a readable safetensors checkpoint: {e}") from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{weights_path}: not a cmirl_ros checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    for key in ("config", "preprocessing", "extra"):
-        metadata[key] = json.loads(metadata[key])
+    metadata = _validated_metadata(metadata, weights_path)
+    if state_sha256(state) != metadata["weights_sha256"]:
+        raise ModelFormatError(weights_path, "weights do not match their weights_sha256 (the file is corrupted)")
     return state, metadata
+
+
+def _validated_metadata(metadata: dict[str, str], path: Path) -> dict[str, Any]:
+    if metadata.get("format") != FORMAT:
+        raise ModelFormatError(path, f"not a cmirl_ros checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    problem = schema_problem(metadata, MODEL_METADATA_SCHEMA)
+    if problem:
+        raise ModelFormatError(path, f"invalid safetensors metadata: {problem}")
+    decoded = {**metadata, **{key: json.loads(metadata[key]) for key in CHECKPOINT_JSON_KEYS}}
+    with refusing(path, ModelFormatError, "invalid safetensors metadata: the embedded config"):
+        digest = config_hash(decoded["config"])
+    if digest != decoded["config_hash"]:
+        raise ModelFormatError(path, "invalid safetensors metadata: the embedded config does not match its config_hash")
+    if _fingerprint(decoded["name"], digest, decoded["weights_sha256"]) != decoded["fingerprint"]:
+        raise ModelFormatError(path, "invalid safetensors metadata: fingerprint does not match name, config and weights")
+    return decoded
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -103,7 +132,8 @@ def _apply(model: PlaceModel, state: dict[str, torch.Tensor], metadata: dict[str
             f"{origin}: checkpoint of config '{metadata['name']}' does not fit model "
             f"'{model.name}'; differences (checkpoint vs model): {'; '.join(diff[:8])}"
         )
-    model.load_state_dict(state, strict=True)
+    with refusing(origin, ModelFormatError, "weights do not fit the config"):
+        model.load_state_dict(state, strict=True)
 
 
 def load_checkpoint(model: PlaceModel, path: str | Path) -> dict[str, Any]:
@@ -132,7 +162,8 @@ def load_model(name_or_path: str | Path, device: str = "auto") -> PlaceModel:
         source = _shipped_model_dir(str(name_or_path))
     if source is not None:
         state, metadata = read_checkpoint(source)
-        model = build_model(metadata["config"], load_pretrained=False)
+        with refusing(_weights_file(source), ModelFormatError, "the embedded config builds no model", passing=()):
+            model = build_model(metadata["config"], load_pretrained=False)
         _apply(model, state, metadata, _weights_file(source))
     else:
         try:

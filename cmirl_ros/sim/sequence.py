@@ -21,32 +21,11 @@ from tqdm import tqdm
 
 from cmirl_ros.geometry import KittiCalib, read_kitti_calib, write_kitti_calib, write_kitti_poses
 from cmirl_ros.atomic import atomic_write_text
-from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
+from cmirl_ros.geometry.kitti_calib import kitti_00_02_calib
 from cmirl_ros.sim.conditions import get_condition
 from cmirl_ros.sim.render import CameraImage, LidarModel, Renderer, camera_rays, render_camera, scan_lidar
 from cmirl_ros.sim.trajectory import apply_viewpoint_change, load_trajectory, parse_frames, revisit_weight
 from cmirl_ros.sim.world import CAR_EPOCH_S, WORLD_VERSION, World, build_world
-
-# The real calibration of KITTI odometry sequences 00-02 (recording 2011-10-03), from
-# ../shared/data/kitti-odometry-meta/calib/2011_10_03_seq00-02.txt, embedded so the
-# simulator works without the shared data.
-_KITTI_00_02_P = {
-    "P0": [718.856, 0.0, 607.1928, 0.0, 0.0, 718.856, 185.2157, 0.0, 0.0, 0.0, 1.0, 0.0],
-    "P1": [718.856, 0.0, 607.1928, -386.1448, 0.0, 718.856, 185.2157, 0.0, 0.0, 0.0, 1.0, 0.0],
-    "P2": [718.856, 0.0, 607.1928, 45.38225, 0.0, 718.856, 185.2157, -0.1130887, 0.0, 0.0, 1.0, 0.003779761],
-    "P3": [718.856, 0.0, 607.1928, -337.2877, 0.0, 718.856, 185.2157, 2.369057, 0.0, 0.0, 1.0, 0.004915215],
-}
-_KITTI_00_02_TR = [
-    4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02,
-    -7.210626507497e-03, 8.081198471645e-03, -9.999413164504e-01, -5.403984729748e-02,
-    9.999738645903e-01, 4.859485810390e-04, -7.206933692422e-03, -2.921968648686e-01,
-]
-
-
-def kitti_00_02_calib() -> KittiCalib:
-    P = {k: np.array(v, np.float64).reshape(3, 4) for k, v in _KITTI_00_02_P.items()}
-    Tr = np.vstack([np.array(_KITTI_00_02_TR).reshape(3, 4), [0, 0, 0, 1]])
-    return KittiCalib(P, Tr, KITTI_IMAGE_SIZE)
 
 
 def scaled_calib(calib: KittiCalib, width: int, height: int) -> KittiCalib:

@@ -165,7 +165,7 @@ def test_build_map_and_localize_with_a_real_model(tiny_model, tmp_path):
     mapdb.save(tmp_path / "map")
     manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
     assert manifest["model"]["fingerprint"] == model_fingerprint(model)
-    assert manifest["virtual_camera"]["width"] == 64 and manifest["preprocessing"]["height"] == 32
+    assert manifest["preprocessing"]["width"] == 64 and manifest["preprocessing"]["height"] == 32
     loaded = MapDatabase.load(tmp_path / "map", expect_fingerprint=model_fingerprint(model))
 
     localizer = Localizer(model, loaded, LocalizerConfig(top_k=2))
