@@ -17,14 +17,9 @@ import numpy as np
 
 from cmirl_ros.datasets.base import DATASETS, Dataset, Frame, select_frames
 from cmirl_ros.geometry import Calibration, PinholeCamera, make_transform, quaternion_to_matrix
+from cmirl_ros.sensor_decoding import image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
+from cmirl_ros.topics import BAG_TOPICS
 
-TOPICS = {
-    "image": "/camera/image",
-    "camera_info": "/camera/camera_info",
-    "points": "/lidar/points",
-    "odometry": "/ground_truth/odometry",
-    "tf_static": "/tf_static",
-}
 SCAN_SLOP = 0.05  # s
 
 
@@ -45,10 +40,6 @@ def typestore():
     from rosbags.typesys import Stores, get_typestore
 
     return get_typestore(Stores.ROS2_JAZZY)
-
-
-def header_seconds(msg) -> float:
-    return int(msg.header.stamp.sec) + int(msg.header.stamp.nanosec) * 1e-9
 
 
 def pose_to_matrix(pose) -> np.ndarray:
@@ -79,7 +70,7 @@ class BagSequence(Dataset):
         from rosbags.rosbag2 import Reader
 
         self.path = resolve_bag_path(root)
-        self.topics = {**TOPICS, **(topics or {})}
+        self.topics = {**BAG_TOPICS, **(topics or {})}
         self.name = f"bag-{self.path.name}" + (f"-{seq}" if seq else "")
         self._store = typestore()
         self._reader = Reader(self.path)
@@ -118,7 +109,7 @@ class BagSequence(Dataset):
                 continue
             msg = self._deserialize(connection, raw)
             if role == "odometry":
-                records["odometry"].append((header_seconds(msg), pose_to_matrix(msg.pose.pose)))
+                records["odometry"].append((stamp_to_seconds(msg.header.stamp), pose_to_matrix(msg.pose.pose)))
             elif role == "camera_info" and self._camera_info is None:
                 self._camera_info = msg
             elif role == "tf_static":
@@ -152,8 +143,6 @@ class BagSequence(Dataset):
         return Calibration(camera, np.eye(4))
 
     def _read_at(self, role: str, bag_time: int):
-        from cmirl_ros.ros.conversions import image_to_rgb, pointcloud2_to_xyzi
-
         connection = self._connections[role]
         for _, _, raw in self._reader.messages(connections=[connection], start=int(bag_time), stop=int(bag_time) + 1):
             msg = self._deserialize(connection, raw)

@@ -14,9 +14,10 @@ import numpy as np
 from rclpy.serialization import serialize_message
 from tqdm import tqdm
 
-from cmirl_ros.datasets.bag import TOPICS, typestore
+from cmirl_ros.datasets.bag import typestore
 from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
 from cmirl_ros.ros.messages import pose_from_matrix
+from cmirl_ros.topics import BAG_TOPICS
 
 CAMERA_FRAME = "camera"
 LIDAR_FRAME = "velodyne"
@@ -80,7 +81,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True) -> P
     calib = dataset.calib
     K, width, height = calib.camera.K, calib.camera.width, calib.camera.height
     with Writer(temp, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connections = {role: writer.add_connection(TOPICS[role], msgtype, typestore=store) for role, msgtype in TYPES.items()}
+        connections = {role: writer.add_connection(BAG_TOPICS[role], msgtype, typestore=store) for role, msgtype in TYPES.items()}
         for i in tqdm(range(len(dataset)), desc=f"bag {dataset.name}", unit="frame", disable=not progress):
             frame = dataset[i]
             stamp = seconds_to_stamp(frame.stamp)

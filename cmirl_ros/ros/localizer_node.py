@@ -31,16 +31,12 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from cmirl_ros.ros import messages
-from cmirl_ros.ros.conversions import (
-    MalformedMessage,
-    camera_info_to_K,
-    image_to_rgb,
-    numpy_to_image,
-    pointcloud2_to_xyzi,
-    stamp_to_seconds,
-)
+from cmirl_ros.ros.conversions import numpy_to_image
+from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
+from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
 from cmirl_ros.ros.stats import RollingStats
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
+from cmirl_ros.topics import NODE_INPUTS
 
 NODE_NAME = "localizer"
 READY_LOG = "localizer ready"
@@ -53,9 +49,7 @@ PARAMETERS = {
     "map": "",
     "device": "auto",
     "num_threads": 0,
-    "image_topic": "/camera/image",
-    "camera_info_topic": "/camera/camera_info",
-    "points_topic": "/lidar/points",
+    **NODE_INPUTS,
     "qos": "sensor_data",
     "use_camera_info": True,
     "use_scan": False,
@@ -215,8 +209,9 @@ class LocalizerNode(LifecycleNode):
                                  exclude_seconds=float(p["exclude_seconds"]))
         self._localizer = Localizer(self._model, mapdb, config)
         self._calibrations = {}
-        # One throw-away query: the first real one would otherwise pay for lazy allocations.
-        self._localizer.localize(np.zeros((376, 1241, 3), np.uint8), stamp=0.0)
+        # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
+        width, height = KITTI_IMAGE_SIZE
+        self._localizer.localize(np.zeros((height, width, 3), np.uint8), stamp=0.0)
 
     def _create_publishers(self) -> None:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

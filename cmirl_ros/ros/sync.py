@@ -125,7 +125,3 @@ class LatestSlot:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed

@@ -249,7 +249,7 @@ def make_map_without_tokens(mapdb):
 
 
 def test_end_to_end_latency_breakdown(tiny_model):
-    from cmirl_ros.localization.benchmark import end_to_end
+    from cmirl_ros.benchmarks.end_to_end import end_to_end
 
     _, checkpoint = tiny_model
     figures = end_to_end(str(checkpoint), make_map(count=200, dim=32), threads=1, queries=2, warmup=1)

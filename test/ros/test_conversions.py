@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from cmirl_ros.ros.conversions import (
+from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
+from cmirl_ros.sensor_decoding import (
     MalformedMessage,
-    camera_info_msg,
     camera_info_to_K,
     image_to_numpy,
     image_to_rgb,
-    numpy_to_image,
-    numpy_to_pointcloud2,
     pointcloud2_to_structured,
     pointcloud2_to_xyzi,
-    seconds_to_stamp,
     stamp_to_seconds,
 )
 

@@ -1,4 +1,9 @@
-"""Benchmarks that print their figures (medians, ratios against a same-run baseline) and write JSON."""
+"""`cmirl bench NAME`: benchmarks that print their figures (medians, ratios against a same-run
+baseline) and write JSON.
+
+Every benchmark is registered here. The ROS-free ones live in this package; those that run the
+node need rclpy and so live in the ROS layer (`cmirl_ros/ros/`), imported by name like the rest.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +12,11 @@ import importlib
 HELP = "benchmarks: model, mapdb, geometry, sim, node"
 
 BENCHES = {
-    "model": "cmirl_ros.models.benchmark",
-    "mapdb": "cmirl_ros.mapdb.benchmark",
-    "geometry": "cmirl_ros.geometry.benchmark",
-    "sim": "cmirl_ros.sim.benchmark",
-    "node": "cmirl_ros.ros.benchmark",
+    "model": "cmirl_ros.benchmarks.model",
+    "mapdb": "cmirl_ros.benchmarks.mapdb",
+    "geometry": "cmirl_ros.benchmarks.geometry",
+    "sim": "cmirl_ros.benchmarks.sim",
+    "node": "cmirl_ros.ros.node_bench",
 }
 
 
