@@ -74,6 +74,27 @@ QOS_CHOICES = ("sensor_data", "reliable")
 BAD_MESSAGE = (ValueError, TypeError, OverflowError)
 
 
+class LoadError(Exception):
+    """Loading a model or map failed; the message names the file and the problem."""
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def naming_the_file(kind: str, source, load):
+    """`load()`, with any exception turned into a LoadError naming `source`: a damaged file can make
+    a loader raise anything (KeyError, AttributeError, tokenize errors), and the node must neither
+    die of it nor report a bare `'keyframes'`."""
+    try:
+        return load()
+    except Exception as e:
+        text = one_line(e)
+        if isinstance(e, (FileNotFoundError, ValueError)) and str(source) in text:
+            raise LoadError(text) from e  # the loaders' own errors already name the file
+        raise LoadError(f"{kind} {source}: {type(e).__name__}: {text}") from e
+
+
 @dataclass
 class Query:
     header: Header
@@ -116,8 +137,9 @@ class LocalizerNode(LifecycleNode):
         try:
             self.params = self._read_parameters()
             self._load()
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
-            self.get_logger().error(f"configure failed: {e}")
+        except Exception as e:  # whatever a damaged file makes a loader raise: one line, never a crash
+            self._localizer = self._model = None
+            self.get_logger().error(f"configure failed: {one_line(e)}")
             return TransitionCallbackReturn.FAILURE
         self._create_publishers()
         self._slot = LatestSlot()
@@ -203,15 +225,15 @@ class LocalizerNode(LifecycleNode):
         p = self.params
         if p["num_threads"] > 0:
             torch.set_num_threads(int(p["num_threads"]))
-        self._model = load_model(p["model"], device=p["device"])
-        mapdb = MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model))
+        self._model = naming_the_file("model", p["model"], lambda: load_model(p["model"], device=p["device"]))
         config = LocalizerConfig(top_k=int(p["top_k"]), score_threshold=float(p["score_threshold"]),
                                  exclude_seconds=float(p["exclude_seconds"]))
-        self._localizer = Localizer(self._model, mapdb, config)
+        self._localizer = naming_the_file("map", p["map"], lambda: Localizer(
+            self._model, MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model)), config))
         self._calibrations = {}
         # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
         width, height = KITTI_IMAGE_SIZE
-        self._localizer.localize(np.zeros((height, width, 3), np.uint8), stamp=0.0)
+        naming_the_file("map", p["map"], lambda: self._localizer.localize(np.zeros((height, width, 3), np.uint8), stamp=0.0))
 
     def _create_publishers(self) -> None:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -412,10 +434,11 @@ class LocalizerNode(LifecycleNode):
             response.success, response.message = False, "not configured: nothing to reload"
             return response
         path = self.get_parameter("map").value
-        try:
-            self._localizer.reload(path)  # swaps maps between queries, under the localizer's lock
-        except (FileNotFoundError, ValueError) as e:
-            response.success, response.message = False, f"reload failed, keeping the current map: {e}"
+        try:  # swaps maps between queries, under the localizer's lock; any failure leaves the old map
+            naming_the_file("map", path, lambda: self._localizer.reload(path))
+        except Exception as e:
+            response.success, response.message = False, f"reload failed, keeping the current map: {one_line(e)}"
+            self.get_logger().error(response.message)
             return response
         self.params["map"] = path
         self._publish_keyframe_markers()
