@@ -165,8 +165,10 @@ def camera_info_to_K(msg) -> tuple[np.ndarray, int, int]:
     """CameraInfo -> (K (3, 3) float64, width, height); the intrinsics that override the map's."""
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     width, height = int(msg.width), int(msg.height)
-    if width <= 0 or height <= 0 or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise MalformedMessage(f"camera info has no usable intrinsics (size {width}x{height}, fx={K[0, 0]}, fy={K[1, 1]})")
+    # Non-finite entries first: NaN <= 0 is false, and a NaN K projects every point off the image.
+    if not np.isfinite(K).all() or width <= 0 or height <= 0 or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise MalformedMessage(f"camera info has no usable intrinsics (size {width}x{height}, "
+                               f"K={K.reshape(-1).tolist()})")
     return K, width, height
 
 

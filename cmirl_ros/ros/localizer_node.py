@@ -34,7 +34,7 @@ from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
 from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
-from cmirl_ros.ros.stats import RollingStats
+from cmirl_ros.ros.stats import RecentEvents, RollingStats
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
 from cmirl_ros.topics import NODE_INPUTS
 
@@ -123,7 +123,11 @@ class LocalizerNode(LifecycleNode):
         self._enabled = True
         self._active = False
         self._stats = RollingStats()
-        self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0}
+        self._recent_errors = RecentEvents()
+        self._recent_scan_misses = RecentEvents()
+        self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
+                       "fused": 0, "scan_missed_image": 0}
+        self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
         self._last_rejection = ""
         self._last_warning: dict[str, float] = {}
@@ -144,6 +148,8 @@ class LocalizerNode(LifecycleNode):
         self._create_publishers()
         self._slot = LatestSlot()
         self._stats = RollingStats(window=float(self.params["stats_window"]))
+        self._recent_errors = RecentEvents(window=float(self.params["stats_window"]))
+        self._recent_scan_misses = RecentEvents(window=float(self.params["stats_window"]))
         self._worker = threading.Thread(target=self._inference_loop, name="cmirl-inference", daemon=True)
         self._worker.start()
         period = float(self.params["diagnostics_period"])
@@ -296,12 +302,15 @@ class LocalizerNode(LifecycleNode):
 
     def _on_points(self, msg: PointCloud2) -> None:
         self.counts["scans"] += 1
+        stamp = stamp_to_seconds(msg.header.stamp)
         try:
             points = pointcloud2_to_xyzi(msg)
+            if len(points) == 0:
+                raise MalformedMessage("point cloud has no finite point (all NaN or infinite)")
         except BAD_MESSAGE as e:
             self._reject("point cloud", e)
-            return
-        self._synchronizer.add_scan(stamp_to_seconds(msg.header.stamp), points)
+            points = None  # still marks the stamp: its image goes alone now instead of waiting
+        self._synchronizer.add_scan(stamp, points)
 
     def _on_synchronized(self, image, scan) -> None:
         query: Query = image.value
@@ -335,6 +344,7 @@ class LocalizerNode(LifecycleNode):
                 self._answer(query)
             except Exception as e:  # a bad query must not kill the node; report and go on
                 self.counts["errors"] += 1
+                self._recent_errors.add()
                 self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
                                         throttle_duration_sec=float(self.params["warn_throttle_s"]))
 
@@ -359,6 +369,7 @@ class LocalizerNode(LifecycleNode):
             return
         calib = self._calibration(query) if query.points is not None else None
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=calib)
+        self._count_fusion(result)
         matches = list(result.matches)
         if not matches:
             self.counts["below_threshold"] += 1
@@ -375,6 +386,21 @@ class LocalizerNode(LifecycleNode):
                         result.timings_ms.get("encode", float("nan")))
         self._last_score = float(best.score)
         self.counts["answered"] += 1
+
+    def _count_fusion(self, result) -> None:
+        """Fused queries are counted as such only when the scan really covered the image."""
+        if result.scan_coverage is None:
+            return
+        self._last_scan_coverage = result.scan_coverage
+        if result.modalities == "image+depth":
+            self.counts["fused"] += 1
+            return
+        self.counts["scan_missed_image"] += 1
+        self._recent_scan_misses.add()
+        self.get_logger().warning(
+            f"scan covers {100 * result.scan_coverage:.3f} % of the image (intrinsics or calib_file wrong?): "
+            f"answered from the image alone (so far: {self.counts['scan_missed_image']})",
+            throttle_duration_sec=float(self.params["warn_throttle_s"]))
 
     def _publish(self, name: str, msg) -> None:
         publisher = self._outputs.get(name)
@@ -407,6 +433,9 @@ class LocalizerNode(LifecycleNode):
             "unpaired_images": self._synchronizer.unpaired if self._synchronizer else 0,
             "map_size": len(self._localizer.mapdb) if self._localizer is not None else 0,
             "last_score": self._last_score,
+            "last_scan_coverage": self._last_scan_coverage,
+            "recent_errors": self._recent_errors.count(),
+            "recent_scan_misses": self._recent_scan_misses.count(),
             **summary,
         }
         if self._last_rejection:
@@ -415,8 +444,17 @@ class LocalizerNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        ok = self._active and self._enabled and values["errors"] == 0
-        message = "answering" if ok else f"{values['state']}, {'enabled' if self._enabled else 'disabled'}"
+        # Levels reflect the last stats_window seconds, not the node's whole life.
+        problems = [f"{values['recent_errors']} failed queries"] if values["recent_errors"] else []
+        if values["recent_scan_misses"]:
+            problems.append(f"{values['recent_scan_misses']} scans missing the image")
+        ok = self._active and self._enabled and not problems
+        if ok:
+            message = "answering"
+        else:
+            message = f"{values['state']}, {'enabled' if self._enabled else 'disabled'}"
+            if problems:
+                message += f"; in the last {self._recent_errors.window:g} s: {', '.join(problems)}"
         self._diagnostics.publish(messages.diagnostics_msg(
             self.get_clock().now().to_msg(), f"{self.get_name()}: localization", values, ok, message))
 

@@ -176,6 +176,14 @@ def test_camera_info_round_trip():
         camera_info_to_K(CameraInfo())
 
 
+@pytest.mark.parametrize("entry, value", [((0, 0), np.nan), ((1, 1), np.inf), ((0, 2), np.nan), ((1, 2), -np.inf)])
+def test_camera_info_with_non_finite_intrinsics_is_malformed(entry, value):
+    K = np.array([[718.856, 0, 607.19], [0, 718.856, 185.21], [0, 0, 1]])
+    K[entry] = value
+    with pytest.raises(MalformedMessage, match="no usable intrinsics"):
+        camera_info_to_K(camera_info_msg(K, 1241, 376))
+
+
 def test_decoders_accept_rosbags_messages():
     """The bag dataset decodes rosbags' dataclasses (numpy data) with the same functions."""
     from rosbags.typesys import Stores, get_typestore
