@@ -4,9 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench colcon-check clean
+.PHONY: setup interfaces demo test test-fast bench colcon-check clean
 
-setup: $(STAMP)
+# Generated message packages (tf2_msgs, cmirl_ros_interfaces): see interfaces/build.sh.
+IFACE_STAMP := build/interfaces/install/.built
+IFACE_SRC := interfaces/build.sh $(wildcard interfaces/cmake/*.cmake interfaces/*/package.xml interfaces/*/CMakeLists.txt interfaces/*/msg/*.msg)
+
+setup: $(STAMP) $(IFACE_STAMP)
+
+interfaces: $(IFACE_STAMP)
 
 $(STAMP): requirements.txt setup.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -14,13 +20,16 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(IFACE_STAMP): $(STAMP) $(IFACE_SRC)
+	bash interfaces/build.sh $(VENV)
+
+demo: $(STAMP) $(IFACE_STAMP)
 	$(BIN)/cmirl demo --json out/demo/summary.json
 
-test: $(STAMP)
+test: $(STAMP) $(IFACE_STAMP)
 	$(BIN)/python -m pytest -q test
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(IFACE_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" test
 
 colcon-check: $(STAMP)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cmirl_ros"
 ROS_MODULES = {"rclpy", "sensor_msgs", "geometry_msgs", "nav_msgs", "std_msgs", "std_srvs", "diagnostic_msgs",
-               "visualization_msgs", "lifecycle_msgs", "rosgraph_msgs", "builtin_interfaces", "tf2_msgs",
+               "visualization_msgs", "lifecycle_msgs", "rosgraph_msgs", "builtin_interfaces", "tf2_msgs", "cmirl_ros_interfaces",
                "launch", "launch_ros", "rcl_interfaces"}
 
 
