@@ -87,7 +87,7 @@ def test_numpy_to_image_round_trip_and_fields():
 
 
 @pytest.mark.parametrize("mutate,reason", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
+    (lambda m: setattr(m, "encoding", "nv21"), "unsupported image encoding"),
     (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "needs"),
     (lambda m: setattr(m, "height", 0), "zero size"),
     (lambda m: setattr(m, "step", 5), "shorter than a row"),
