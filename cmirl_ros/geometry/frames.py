@@ -1,5 +1,6 @@
 """Frames per REP 103 / REP 105, without ROS: KITTI's y-down camera world -> a z-up `map`, camera
-poses -> the base frame's pose, and the 2D pose (x, y, yaw) that AMCL's /initialpose takes.
+poses -> the base frame's pose, the 2D pose (x, y, yaw) that AMCL's /initialpose takes, and the
+camera + range-sensor calibration from tf and CameraInfo (no calib file).
 
 REP 103: a body frame (base_link) has x forward, y left, z up; a camera's optical frame has x
 right, y down, z forward. KITTI's ground truth is T_world_cam0 in the first camera-0 frame (an
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cmirl_ros.geometry.camera import invert_transform, make_transform
-from cmirl_ros.geometry.kitti_calib import KittiCalib
+from cmirl_ros.geometry.camera import Calibration, PinholeCamera, invert_transform, make_transform
+from cmirl_ros.geometry.tf_tree import TfTree
+from cmirl_ros.sensor_decoding import camera_rectification
 
 # Columns: the optical frame's axes (x right, y down, z forward) in a body frame (x forward, y left, z up).
 R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0],
@@ -52,7 +54,24 @@ def kitti_T_base_velo(height: float = KITTI_VELODYNE_HEIGHT) -> np.ndarray:
     return make_transform(np.eye(3), np.array([0.0, 0.0, height]))
 
 
-def kitti_T_base_cam(calib: KittiCalib, height: float = KITTI_VELODYNE_HEIGHT) -> np.ndarray:
-    """The colour camera's (camera 2, the query camera) optical frame on KITTI's base_link: base ->
-    Velodyne, then Velodyne -> camera 2 from calib.txt's Tr and P2."""
-    return kitti_T_base_velo(height) @ invert_transform(calib.T_cam2_velo)
+def kitti_T_base_cam(T_cam_velo: np.ndarray, height: float = KITTI_VELODYNE_HEIGHT) -> np.ndarray:
+    """A camera's optical frame on KITTI's base_link: base -> Velodyne, then Velodyne -> camera
+    (T_cam_velo: `KittiCalib.T_cam2_velo` from Tr and P2 for the query camera, = `calibration().T_cam_sensor`)."""
+    return kitti_T_base_velo(height) @ invert_transform(np.asarray(T_cam_velo, dtype=np.float64))
+
+
+def calibration_from_tf(tree: TfTree, camera_info, sensor_frame: str | None, camera_frame: str | None = None,
+                        stamp: float | None = None) -> Calibration:
+    """The query camera and the range sensor's extrinsics from tf + CameraInfo, instead of a calib file.
+
+    camera_frame: the camera's optical frame (default: the CameraInfo's header.frame_id); the
+    intrinsics are those of the rectified image (`camera_rectification`), whose frame is rotated by
+    the CameraInfo's R from the optical frame. sensor_frame None: no range sensor (identity
+    extrinsics). Raises MalformedMessage (unusable CameraInfo) or a TfError (frames unknown or not
+    connected)."""
+    rectification = camera_rectification(camera_info)
+    camera = PinholeCamera(rectification.K, rectification.width, rectification.height)
+    if sensor_frame is None:
+        return Calibration(camera, np.eye(4))
+    T_cam_sensor = tree.lookup(camera_frame or camera_info.header.frame_id, sensor_frame, stamp)
+    return Calibration(camera, make_transform(rectification.R, np.zeros(3)) @ T_cam_sensor)

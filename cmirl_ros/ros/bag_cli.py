@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--frames", default=None, help="frame range A:B")
     convert.add_argument("--out", type=Path, required=True,
                          help="bag to write: a rosbag2 directory (OUT.mcap names the directory OUT holding OUT.mcap)")
+    convert.add_argument("--compressed", action="store_true",
+                         help="images as jpeg sensor_msgs/CompressedImage on <image topic>/compressed instead of raw Image")
     convert.set_defaults(bag_run=_run_from_kitti)
 
     play = sub.add_parser("play", help="replay a bag into the live ROS 2 graph")
@@ -52,7 +54,7 @@ def _run_from_kitti(args) -> int:
     from cmirl_ros.ros.bag_writer import write_bag_from_dataset
 
     dataset = KittiSequence(args.root, args.seq, parse_frames(args.frames))
-    out = write_bag_from_dataset(dataset, args.out)
+    out = write_bag_from_dataset(dataset, args.out, compressed=args.compressed)
     print(f"wrote {len(dataset)} frames of {dataset.name} to the rosbag2 (mcap) bag {out}")
     return 0
 

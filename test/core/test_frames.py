@@ -1,6 +1,8 @@
 """REP 103/105 frames: KITTI's y-down camera world -> z-up map, base poses, 2D poses for AMCL."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -10,11 +12,13 @@ from cmirl_ros.geometry.frames import (
     KITTI_VELODYNE_HEIGHT,
     R_BODY_OPTICAL,
     base_pose_in_map,
+    calibration_from_tf,
     kitti_T_base_cam,
     kitti_T_base_velo,
     kitti_world_to_map,
     pose_2d,
 )
+from cmirl_ros.geometry.tf_tree import TfTree, UnknownFrameError
 from cmirl_ros.sim.sequence import kitti_00_02_calib
 
 # A camera looking straight ahead from 1.5 m forward and 1.2 m up on the base.
@@ -61,7 +65,7 @@ def test_map_conversion_takes_batches_and_keeps_relative_motion():
 
 def test_kitti_base_from_calib_is_the_road_below_the_velodyne():
     calib = kitti_00_02_calib()
-    T_base_cam = kitti_T_base_cam(calib)
+    T_base_cam = kitti_T_base_cam(calib.T_cam2_velo)
     # The Velodyne (and so the base) is level with KITTI's cameras: the camera looks along base x.
     np.testing.assert_allclose(T_base_cam[:3, :3], R_BODY_OPTICAL, atol=0.02)
     # Camera 2 sits 29 cm ahead of the Velodyne, 5 cm to its left and 6 cm below it (KITTI's setup).
@@ -75,3 +79,29 @@ def test_kitti_base_from_calib_is_the_road_below_the_velodyne():
     x, y, yaw = pose_2d(T_map_base)
     assert T_map_base[2, 3] == pytest.approx(-(KITTI_VELODYNE_HEIGHT - 0.06), abs=0.02)
     assert abs(yaw) < np.radians(1.0) and (x, y) == pytest.approx((-0.29, -0.05), abs=0.02)
+
+
+def camera_info(frame_id: str, R=np.eye(3)) -> SimpleNamespace:
+    K = np.array([[700.0, 0, 600.0], [0, 700.0, 180.0], [0, 0, 1]])
+    P = np.hstack([K * [[0.9], [0.9], [1]], np.zeros((3, 1))])  # the rectified image is zoomed out a little
+    return SimpleNamespace(header=SimpleNamespace(frame_id=frame_id), width=1240, height=376, distortion_model="plumb_bob",
+                           d=[-0.1, 0.01, 0, 0, 0], k=K.reshape(-1).tolist(), r=np.asarray(R).reshape(-1).tolist(),
+                           p=P.reshape(-1).tolist(), binning_x=0, binning_y=0, roi=None)
+
+
+def test_calibration_from_tf_and_camera_info():
+    T_base_velo = make_transform(Rotation.from_euler("z", 3, degrees=True).as_matrix(), np.array([0.2, 0.1, 1.7]))
+    tree = TfTree()
+    tree.set_matrix("base_link", "velodyne", T_base_velo)
+    tree.set_matrix("base_link", "camera_optical", T_BASE_CAM)
+    T_cam_velo = np.linalg.inv(T_BASE_CAM) @ T_base_velo
+    calib = calibration_from_tf(tree, camera_info("camera_optical"), "velodyne")
+    np.testing.assert_allclose(calib.T_cam_sensor, T_cam_velo, atol=1e-12)
+    np.testing.assert_allclose(calib.camera.K, [[630.0, 0, 540.0], [0, 630.0, 162.0], [0, 0, 1]])  # P's, not K's
+    assert (calib.camera.width, calib.camera.height) == (1240, 376)
+    # a rectifying rotation R turns the camera frame: points go raw optical -> rectified by R
+    R = Rotation.from_euler("x", 2, degrees=True).as_matrix()
+    rotated = calibration_from_tf(tree, camera_info("ignored", R), "velodyne", camera_frame="camera_optical")
+    np.testing.assert_allclose(rotated.T_cam_sensor, make_transform(R, np.zeros(3)) @ T_cam_velo, atol=1e-12)
+    with pytest.raises(UnknownFrameError, match="unknown frame 'lidar'"):
+        calibration_from_tf(tree, camera_info("camera_optical"), "lidar")
