@@ -302,7 +302,7 @@ class Rectification:
 
 
 def camera_rectification(msg) -> Rectification:
-    """CameraInfo -> its Rectification, cached per CameraInfo content (the maps cost ~10 ms at KITTI
+    """CameraInfo -> its Rectification, cached per CameraInfo content (the maps cost ~70 ms at KITTI
     size, and a camera publishes the same CameraInfo with every image).
 
     plumb_bob, rational_polynomial and equidistant distortion are honoured (with R and P, as

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: model, mapdb, geometry, sim, node"
+HELP = "benchmarks: model, mapdb, geometry, sim, inputs, node"
 
 BENCHES = {
     "model": "cmirl_ros.benchmarks.model",
     "mapdb": "cmirl_ros.benchmarks.mapdb",
     "geometry": "cmirl_ros.benchmarks.geometry",
     "sim": "cmirl_ros.benchmarks.sim",
+    "inputs": "cmirl_ros.benchmarks.inputs",
     "node": "cmirl_ros.ros.node_bench",
 }
 

@@ -272,3 +272,15 @@ def test_unsupported_camera_models_are_refused_with_the_reason(msg, reason):
 def test_rectifying_an_image_of_another_size_is_malformed():
     with pytest.raises(MalformedMessage, match=f"camera_info says {WIDTH}x{HEIGHT}"):
         camera_rectification(camera_info(D=(-0.2, 0, 0, 0, 0))).apply(np.zeros((HEIGHT, WIDTH + 2, 3), np.uint8))
+
+
+def test_inputs_benchmark_writes_its_figures(tmp_path):
+    import json
+
+    from cmirl_ros.cli import main
+
+    out = tmp_path / "inputs.json"
+    assert main(["bench", "inputs", "--repeats", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert {"rgb8_ms", "bayer_rggb8_ms", "yuv422_ms", "jpeg_q95_ms", "rectification_maps_ms", "remap_ms"} <= set(figures)
+    assert all(figures[key] >= 0 for key in figures if key.endswith("_ms"))
