@@ -250,3 +250,17 @@ def test_bag_play_replays_compressed_images_and_tf_static(compressed_bag):
     assert len(images) == 20 and images[0].format == "rgb8; jpeg compressed bgr8", output
     np.testing.assert_allclose(tree.lookup("base_link", "velodyne"), kitti_T_base_velo(), atol=1e-9)
     assert tree.can_transform("camera_optical", "velodyne")
+
+
+def test_bag_without_a_tf_chain_to_the_scans_is_a_clear_error(sim_root, tmp_path, monkeypatch):
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros import bag_writer
+    from cmirl_ros.ros.interfaces import tf_message_type
+
+    def only_the_lidar(stamp, T_cam_velo):  # base_link -> velodyne, but the camera hangs nowhere
+        return tf_message_type()(transforms=[bag_writer.transform_stamped(stamp, "base_link", "velodyne", np.eye(4))])
+
+    monkeypatch.setattr(bag_writer, "robot_tf_static", only_the_lidar)
+    bag = bag_writer.write_bag_from_dataset(KittiSequence(sim_root, "00", slice(0, 2)), tmp_path / "broken", progress=False)
+    with pytest.raises(ValueError, match=r"broken: no extrinsics for the scans from /tf_static: unknown frame 'camera_optical'"):
+        BagSequence(bag)
