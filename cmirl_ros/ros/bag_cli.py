@@ -49,12 +49,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_from_kitti(args) -> int:
+    import sys
+
     from cmirl_ros.datasets.base import parse_frames
     from cmirl_ros.datasets.kitti import KittiSequence
     from cmirl_ros.ros.bag_writer import write_bag_from_dataset
+    from cmirl_ros.ros.interfaces import InterfacesNotBuilt
 
     dataset = KittiSequence(args.root, args.seq, parse_frames(args.frames))
-    out = write_bag_from_dataset(dataset, args.out, compressed=args.compressed)
+    try:
+        out = write_bag_from_dataset(dataset, args.out, compressed=args.compressed)
+    except InterfacesNotBuilt as e:  # /tf_static needs the generated tf2_msgs: a setup step, not bad input
+        print(f"cmirl bag from-kitti: error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(dataset)} frames of {dataset.name} to the rosbag2 (mcap) bag {out}")
     return 0
 

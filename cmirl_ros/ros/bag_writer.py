@@ -104,6 +104,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
     interrupted run leaves no half bag."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
+    tf_message_type()  # fails here, before anything is written, when the interfaces are not built
     target = bag_directory(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{target.name}.partial"

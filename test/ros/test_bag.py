@@ -264,3 +264,13 @@ def test_bag_without_a_tf_chain_to_the_scans_is_a_clear_error(sim_root, tmp_path
     bag = bag_writer.write_bag_from_dataset(KittiSequence(sim_root, "00", slice(0, 2)), tmp_path / "broken", progress=False)
     with pytest.raises(ValueError, match=r"broken: no extrinsics for the scans from /tf_static: unknown frame 'camera_optical'"):
         BagSequence(bag)
+
+
+def test_from_kitti_without_built_interfaces_says_how_to_build_them(sim_root, tmp_path):
+    env = {**os.environ, "CMIRL_INTERFACES_PREFIX": str(tmp_path / "nothing")}
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "from-kitti", "--root", str(sim_root), "--seq", "00",
+                             "--frames", "0:2", "--out", str(tmp_path / "bag.mcap")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cmirl bag from-kitti: error: the message package(s) tf2_msgs, cmirl_ros_interfaces are not built" in result.stderr
+    assert "run `make interfaces`" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
