@@ -43,6 +43,7 @@ bench: $(STAMP)
 		$(BIN)/cmirl bench model --config $$c --height 128 --width 800 --threads 1 --json out/bench/model_$$c.json || exit 1; done
 	$(BIN)/cmirl bench mapdb --entries 100000 --dim 256 --index hnsw,flat --e2e --json out/bench/mapdb_100k.json
 	$(BIN)/cmirl bench sim --json out/bench/sim.json
+	$(BIN)/cmirl bench inputs --json out/bench/inputs.json
 	$(BIN)/cmirl bench node --json out/bench/node.json
 
 clean:

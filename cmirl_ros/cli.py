@@ -19,8 +19,8 @@ COMMANDS = {
     "map": "cmirl_ros.mapdb.cli",
     "localize": "cmirl_ros.localization.cli",
     "bag": "cmirl_ros.ros.bag_cli",
-    "demo": "cmirl_ros.demo",
-    "bench": "cmirl_ros.commands.bench",
+    "demo": "cmirl_ros.ros.demo",
+    "bench": "cmirl_ros.benchmarks",
 }
 
 

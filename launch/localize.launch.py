@@ -11,12 +11,8 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-# The node's default input topics (config/localize.yaml), remapped to the launch arguments.
-INPUTS = {
-    "image_topic": "/camera/image",
-    "camera_info_topic": "/camera/camera_info",
-    "points_topic": "/lidar/points",
-}
+# The node's default input topics, remapped to the launch arguments of the same names.
+from cmirl_ros.topics import NODE_INPUTS as INPUTS
 
 
 def generate_launch_description():

@@ -4,10 +4,13 @@ A frame is one image (or, in a bag without images, one scan) with the scan neare
 (within `SCAN_SLOP`) and the camera pose interpolated from the odometry at the image stamp.
 Expected content (what `cmirl bag from-kitti` writes; other bags can be remapped with the topic
 arguments of `BagSequence`):
-- `sensor_msgs/Image` on /camera/image, `sensor_msgs/CameraInfo` on /camera/camera_info
+- `sensor_msgs/Image` on /camera/image, or `sensor_msgs/CompressedImage` on /camera/image/compressed
+  (image_transport's name) when the bag has no raw images; `sensor_msgs/CameraInfo` on /camera/camera_info
 - `sensor_msgs/PointCloud2` on /lidar/points
 - `nav_msgs/Odometry` on /ground_truth/odometry: the pose of the camera (child frame) in the map
-- `tf2_msgs/TFMessage` on /tf_static: camera <- LiDAR extrinsics (T_cam_sensor)
+- `tf2_msgs/TFMessage` on /tf_static: the extrinsics, as any tf tree connecting the camera_info's
+  frame and the scans' frame (a robot's base_link -> velodyne, base_link -> camera_optical, or
+  one camera -> LiDAR edge); the calibration comes from it and camera_info, no calib file.
 """
 from __future__ import annotations
 
@@ -16,16 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from cmirl_ros.datasets.base import DATASETS, Dataset, Frame, select_frames
-from cmirl_ros.geometry import Calibration, PinholeCamera, make_transform, quaternion_to_matrix
+from cmirl_ros.geometry import Calibration, make_transform, quaternion_to_matrix
+from cmirl_ros.geometry.frames import calibration_from_tf
+from cmirl_ros.geometry.tf_tree import TfError, TfTree
+from cmirl_ros.sensor_decoding import (
+    MalformedMessage,
+    camera_rectification,
+    image_to_rgb,
+    pointcloud2_to_xyzi,
+    stamp_to_seconds,
+)
+from cmirl_ros.topics import BAG_TOPICS
 
-TOPICS = {
-    "image": "/camera/image",
-    "camera_info": "/camera/camera_info",
-    "points": "/lidar/points",
-    "odometry": "/ground_truth/odometry",
-    "tf_static": "/tf_static",
-}
 SCAN_SLOP = 0.05  # s
+COMPRESSED_SUFFIX = "/compressed"  # image_transport's compressed topic: <image topic>/compressed
 
 
 def resolve_bag_path(path: str | Path) -> Path:
@@ -45,10 +52,6 @@ def typestore():
     from rosbags.typesys import Stores, get_typestore
 
     return get_typestore(Stores.ROS2_JAZZY)
-
-
-def header_seconds(msg) -> float:
-    return int(msg.header.stamp.sec) + int(msg.header.stamp.nanosec) * 1e-9
 
 
 def pose_to_matrix(pose) -> np.ndarray:
@@ -79,19 +82,21 @@ class BagSequence(Dataset):
         from rosbags.rosbag2 import Reader
 
         self.path = resolve_bag_path(root)
-        self.topics = {**TOPICS, **(topics or {})}
+        self.topics = {**BAG_TOPICS, **(topics or {})}
         self.name = f"bag-{self.path.name}" + (f"-{seq}" if seq else "")
         self._store = typestore()
         self._reader = Reader(self.path)
         self._reader.open()
         by_topic = {c.topic: c for c in self._reader.connections}
         self._connections = {role: by_topic.get(topic) for role, topic in self.topics.items()}
+        if self._connections["image"] is None:  # a camera recorded through image_transport's compressed plugin
+            self._connections["image"] = by_topic.get(self.topics["image"] + COMPRESSED_SUFFIX)
         if self._connections["odometry"] is None:
             raise ValueError(f"{self.path}: no odometry topic {self.topics['odometry']} (topics: {', '.join(sorted(by_topic))})")
         if self._connections["image"] is None and self._connections["points"] is None:
             raise ValueError(f"{self.path}: neither {self.topics['image']} nor {self.topics['points']} is in the bag")
         index = self._scan_bag()
-        self.calib = self._calibration(index)
+        self.calib = self._calibration()
         frame_role = "image" if self._connections["image"] is not None else "points"
         all_stamps, self._frame_times = index[frame_role]
         self.frame_ids = select_frames(list(range(len(all_stamps))), frames)
@@ -107,25 +112,31 @@ class BagSequence(Dataset):
         """One pass: header stamps and bag times of images and scans; odometry, intrinsics, extrinsics."""
         header_only = {"image", "points"}
         records: dict[str, list] = {"image": [], "points": [], "odometry": []}
-        self._camera_info = None
-        self._static_transforms: dict[str, tuple[str, np.ndarray]] = {}  # child -> (parent, T_parent_child)
+        self._camera_info, first_scan = None, None
+        self._tf_static = TfTree()
         roles = {c.id: role for role, c in self._connections.items() if c is not None}
         wanted = [c for c in self._connections.values() if c is not None]
         for connection, bag_time, raw in self._reader.messages(connections=wanted):
             role = roles[connection.id]
             if role in header_only:
                 records[role].append((_cdr_header_stamp(raw), bag_time))
+                if role == "points" and first_scan is None:
+                    first_scan = self._deserialize(connection, raw)  # for its frame id
                 continue
             msg = self._deserialize(connection, raw)
             if role == "odometry":
-                records["odometry"].append((header_seconds(msg), pose_to_matrix(msg.pose.pose)))
+                records["odometry"].append((stamp_to_seconds(msg.header.stamp), pose_to_matrix(msg.pose.pose)))
             elif role == "camera_info" and self._camera_info is None:
                 self._camera_info = msg
             elif role == "tf_static":
                 for transform in msg.transforms:
                     t, q = transform.transform.translation, transform.transform.rotation
-                    T = make_transform(quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([t.x, t.y, t.z]))
-                    self._static_transforms[transform.child_frame_id] = (transform.header.frame_id, T)
+                    try:
+                        self._tf_static.set_transform(transform.header.frame_id, transform.child_frame_id,
+                                                      (t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+                    except ValueError as e:
+                        raise ValueError(f"{self.path}: {self.topics['tf_static']}: {e}") from None
+        self._scan_frame = first_scan.header.frame_id if first_scan is not None else None
         if not records["odometry"]:
             raise ValueError(f"{self.path}: the odometry topic {self.topics['odometry']} has no messages")
         index = {}
@@ -136,28 +147,24 @@ class BagSequence(Dataset):
         index["odometry"] = (np.array([r[0] for r in odometry]), np.stack([r[1] for r in odometry]))
         return index
 
-    def _calibration(self, index) -> Calibration:
+    def _calibration(self) -> Calibration:
+        """Intrinsics from camera_info, extrinsics from /tf_static: camera_info's frame <- the scans' frame."""
         if self._camera_info is None:
             raise ValueError(f"{self.path}: no camera intrinsics (topic {self.topics['camera_info']} is empty or missing)")
-        K = np.asarray(self._camera_info.k, dtype=np.float64).reshape(3, 3)
-        camera = PinholeCamera(K, int(self._camera_info.width), int(self._camera_info.height))
-        # The static transform with the camera as parent maps LiDAR points into the camera.
-        camera_frame = self._camera_info.header.frame_id
-        children = [T for parent, T in self._static_transforms.values() if parent == camera_frame]
-        if len(children) == 1:
-            return Calibration(camera, children[0])
-        if len(index["points"][0]):
-            raise ValueError(f"{self.path}: scans need exactly one static transform with parent '{camera_frame}' "
-                             f"on {self.topics['tf_static']}, found {len(children)}")
-        return Calibration(camera, np.eye(4))
+        try:  # no scans (_scan_frame None): no extrinsics needed
+            return calibration_from_tf(self._tf_static, self._camera_info, self._scan_frame)
+        except MalformedMessage as e:
+            raise ValueError(f"{self.path}: {self.topics['camera_info']}: {e}") from None
+        except TfError as e:
+            raise ValueError(f"{self.path}: no extrinsics for the scans from {self.topics['tf_static']}: {e}") from None
 
     def _read_at(self, role: str, bag_time: int):
-        from cmirl_ros.ros.conversions import image_to_rgb, pointcloud2_to_xyzi
-
         connection = self._connections[role]
         for _, _, raw in self._reader.messages(connections=[connection], start=int(bag_time), stop=int(bag_time) + 1):
             msg = self._deserialize(connection, raw)
-            return image_to_rgb(msg) if role == "image" else pointcloud2_to_xyzi(msg)
+            if role == "image":  # undistorted, to the intrinsics of self.calib
+                return camera_rectification(self._camera_info).apply(image_to_rgb(msg))
+            return pointcloud2_to_xyzi(msg)
         raise ValueError(f"{self.path}: no {role} message at bag time {bag_time}")
 
     def __getitem__(self, i: int) -> Frame:

@@ -34,12 +34,17 @@ class LocalizerConfig:
     covariance_temperature: float = 0.02
     position_floor_m: float = 1.0
     rotation_floor_deg: float = 5.0
+    # A scan covering less than this fraction of the query image (bad intrinsics or extrinsics, a
+    # scan behind the camera) adds nothing: the image is answered alone, and the result says so.
+    min_scan_coverage: float = 0.001
 
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.exclude_seconds < 0:
             raise ValueError(f"exclude_seconds must be >= 0, got {self.exclude_seconds}")
+        if not 0.0 <= self.min_scan_coverage <= 1.0:
+            raise ValueError(f"min_scan_coverage must be in [0, 1], got {self.min_scan_coverage}")
         RERANKERS.get(self.rerank)  # unknown names fail here, listing the known ones
 
     @classmethod
@@ -73,6 +78,8 @@ class LocalizationResult:
     covariance: np.ndarray | None  # (6,6) for matches[0]; None without a match
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, encode, search
     descriptor: np.ndarray | None = None
+    modalities: str = ""  # what the descriptor was computed from: image, depth or image+depth
+    scan_coverage: float | None = None  # fraction of the query image the scan's points cover; None: no scan
 
 
 class Localizer:
@@ -120,7 +127,13 @@ class Localizer:
             start = time.perf_counter()
             pre = self.model.preprocessing
             image_t = torch.from_numpy(pre.image(image))[None] if image is not None else None
-            depth_t = torch.from_numpy(pre.sparse_depth(points, calib))[None] if points is not None else None
+            depth, coverage = None, None
+            if points is not None:
+                depth = pre.sparse_depth(points, calib)
+                coverage = float(np.count_nonzero(depth)) / depth.size
+                if image is not None and coverage < self.config.min_scan_coverage:
+                    depth = None
+            depth_t = torch.from_numpy(depth)[None] if depth is not None else None
             device = next(self.model.parameters()).device
             preprocessed = time.perf_counter()
             query = self._encode(None if image_t is None else image_t.to(device),
@@ -129,6 +142,8 @@ class Localizer:
             result = self._search(query, stamp)
         result.timings_ms = {"preprocess": (preprocessed - start) * 1e3, "encode": (encoded - preprocessed) * 1e3,
                              **result.timings_ms}
+        result.modalities = "+".join(name for name, t in (("image", image_t), ("depth", depth_t)) if t is not None)
+        result.scan_coverage = coverage
         return result
 
     def localize_descriptor(self, descriptor: np.ndarray, stamp: float = 0.0) -> LocalizationResult:

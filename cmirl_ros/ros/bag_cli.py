@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--frames", default=None, help="frame range A:B")
     convert.add_argument("--out", type=Path, required=True,
                          help="bag to write: a rosbag2 directory (OUT.mcap names the directory OUT holding OUT.mcap)")
+    convert.add_argument("--compressed", action="store_true",
+                         help="images as jpeg sensor_msgs/CompressedImage on <image topic>/compressed instead of raw Image")
     convert.set_defaults(bag_run=_run_from_kitti)
 
     play = sub.add_parser("play", help="replay a bag into the live ROS 2 graph")
@@ -47,12 +49,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_from_kitti(args) -> int:
+    import sys
+
     from cmirl_ros.datasets.base import parse_frames
     from cmirl_ros.datasets.kitti import KittiSequence
     from cmirl_ros.ros.bag_writer import write_bag_from_dataset
+    from cmirl_ros.ros.interfaces import InterfacesNotBuilt
 
     dataset = KittiSequence(args.root, args.seq, parse_frames(args.frames))
-    out = write_bag_from_dataset(dataset, args.out)
+    try:
+        out = write_bag_from_dataset(dataset, args.out, compressed=args.compressed)
+    except InterfacesNotBuilt as e:  # /tf_static needs the generated tf2_msgs: a setup step, not bad input
+        print(f"cmirl bag from-kitti: error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(dataset)} frames of {dataset.name} to the rosbag2 (mcap) bag {out}")
     return 0
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cmirl_ros.datasets.bag import BagSequence, TOPICS, typestore
+from cmirl_ros.datasets.bag import BagSequence, typestore
 from cmirl_ros.ros.processes import start_localizer, start_recorder
+from cmirl_ros.topics import BAG_TOPICS
 
 NODE = "/localizer"
 OUTPUTS = {
@@ -194,7 +195,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         player = rclpy.create_node("cmirl_bag_player")
         try:
             watcher = MatchWatcher(player)
-            waits = [TOPICS["image"]] + ([TOPICS["points"]] if use_scan else [])
+            waits = [BAG_TOPICS["image"]] + ([BAG_TOPICS["points"]] if use_scan else [])
             log(f"bag eval: playing {bag_path} at x{rate} into the localizer")
             stats = play(player, bag_path, rate=rate, wait_for=waits, log=log)
             watcher.wait_until_quiet(quiet_seconds=3.0, timeout=120.0)
@@ -205,7 +206,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         node_code = node.stop(signal.SIGINT)
         recorder.stop(signal.SIGINT)
     recorded = read_recording(recording)
-    images_sent = stats.published.get(TOPICS["image"], 0)
+    images_sent = stats.published.get(BAG_TOPICS["image"], 0)
     result = {
         "bag": str(bag_path),
         "map": str(map_dir),

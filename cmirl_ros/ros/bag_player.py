@@ -1,7 +1,8 @@
 """Replay a rosbag2 recording into the live ROS graph: rosbags reads raw CDR, rclpy publishes it as is.
 
 No deserialisation on the way: the bytes in the bag are exactly what the publisher sends.
-Topics whose message package is not installed here (tf2_msgs) are skipped with a notice.
+/tf and /tf_static (tf2_msgs) and LoopClosure (cmirl_ros_interfaces) use the generated packages
+(`make interfaces`); topics whose message package is not available are skipped with a notice.
 """
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from pathlib import Path
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from cmirl_ros.datasets.bag import resolve_bag_path
+from cmirl_ros.ros.interfaces import PACKAGES as GENERATED_PACKAGES
+from cmirl_ros.ros.interfaces import ensure_interfaces
 
 
 def message_class(msgtype: str):
-    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when the package is missing."""
+    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when the package is missing
+    (for the generated packages: not built, InterfacesNotBuilt being an ImportError)."""
     package, kind, name = msgtype.split("/")
     try:
+        if package in GENERATED_PACKAGES:
+            ensure_interfaces()
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError):
         return None
@@ -32,8 +38,10 @@ class PlayStats:
 
 
 def _qos_for(topic: str) -> QoSProfile:
-    if topic in ("/tf_static",):
-        return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    if topic == "/tf_static":  # tf2's static QoS; depth 100 so that a late subscriber gets every recorded message
+        return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    if topic == "/tf":  # tf2's dynamic QoS
+        return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -69,7 +77,8 @@ def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
             cls = message_class(connection.msgtype)
             if cls is None:
                 stats.skipped_topics.append(connection.topic)
-                log(f"bag play: skipping {connection.topic} ({connection.msgtype} is not installed)")
+                hint = ": run `make interfaces`" if connection.msgtype.split("/")[0] in GENERATED_PACKAGES else ""
+                log(f"bag play: skipping {connection.topic} ({connection.msgtype} is not installed{hint})")
                 continue
             if connection.topic not in publishers:
                 publishers[connection.topic] = node.create_publisher(cls, connection.topic, _qos_for(connection.topic))

@@ -1,8 +1,9 @@
 """`cmirl bag from-kitti`: a KITTI odometry sequence (real or simulated) -> rosbag2 (mcap).
 
-Messages are built as rclpy messages and serialised by rclpy (the exact CDR a ROS graph carries);
-tf2_msgs is not installed as a Python package here, so /tf_static is serialised with rosbags'
-bundled definition of tf2_msgs/TFMessage (identical on the wire).
+Messages are built as rclpy messages and serialised by rclpy (the exact CDR a ROS graph carries),
+/tf_static with the generated tf2_msgs type (`make interfaces`). The tf tree is a robot's
+(REP 103/105): base_link -> velodyne and base_link -> camera_optical, KITTI's base_link being the
+road below the Velodyne (`cmirl_ros.geometry.frames`), so a node needs no calib file.
 """
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import numpy as np
 from rclpy.serialization import serialize_message
 from tqdm import tqdm
 
-from cmirl_ros.datasets.bag import TOPICS, typestore
+from cmirl_ros.datasets.bag import COMPRESSED_SUFFIX, typestore
+from cmirl_ros.geometry.frames import kitti_T_base_cam, kitti_T_base_velo
 from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
+from cmirl_ros.ros.interfaces import tf_message_type
 from cmirl_ros.ros.messages import pose_from_matrix
+from cmirl_ros.topics import BAG_TOPICS
 
-CAMERA_FRAME = "camera"
+BASE_FRAME = "base_link"
+CAMERA_FRAME = "camera_optical"
 LIDAR_FRAME = "velodyne"
 MAP_FRAME = "map"
+JPEG_QUALITY = 95  # compressed_image_transport's default
 TYPES = {
     "image": "sensor_msgs/msg/Image",
     "camera_info": "sensor_msgs/msg/CameraInfo",
@@ -28,6 +34,7 @@ TYPES = {
     "odometry": "nav_msgs/msg/Odometry",
     "tf_static": "tf2_msgs/msg/TFMessage",
 }
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 
 
 def bag_directory(out: str | Path) -> Path:
@@ -47,31 +54,57 @@ def odometry_msg(stamp, T_world_cam: np.ndarray):
     return msg
 
 
-def tf_static_cdr(store, stamp_seconds: float, T_cam_lidar: np.ndarray) -> bytes:
-    """/tf_static with camera <- LiDAR (parent camera, child LiDAR), serialised by rosbags."""
-    from scipy.spatial.transform import Rotation
+def transform_stamped(stamp, parent: str, child: str, T_parent_child: np.ndarray):
+    """geometry_msgs/TransformStamped: `child`'s pose in `parent`."""
+    from geometry_msgs.msg import TransformStamped
 
-    types = store.types
-    sec, nanosec = divmod(int(round(stamp_seconds * 1e9)), 1_000_000_000)
-    qx, qy, qz, qw = Rotation.from_matrix(T_cam_lidar[:3, :3]).as_quat()
-    x, y, z = T_cam_lidar[:3, 3]
-    transform = types["geometry_msgs/msg/TransformStamped"](
-        header=types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=CAMERA_FRAME),
-        child_frame_id=LIDAR_FRAME,
-        transform=types["geometry_msgs/msg/Transform"](
-            translation=types["geometry_msgs/msg/Vector3"](x=float(x), y=float(y), z=float(z)),
-            rotation=types["geometry_msgs/msg/Quaternion"](x=float(qx), y=float(qy), z=float(qz), w=float(qw)),
-        ),
-    )
-    return store.serialize_cdr(types[TYPES["tf_static"]](transforms=[transform]), TYPES["tf_static"])
+    msg = TransformStamped()
+    msg.header.stamp, msg.header.frame_id, msg.child_frame_id = stamp, parent, child
+    pose = pose_from_matrix(T_parent_child)
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = \
+        pose.position.x, pose.position.y, pose.position.z
+    msg.transform.rotation = pose.orientation
+    return msg
 
 
-def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True) -> Path:
+def robot_tf_static(stamp, T_cam_velo: np.ndarray):
+    """/tf_static of a KITTI car: base_link -> velodyne, base_link -> camera_optical (one message,
+    as tf2's static broadcaster sends all its transforms)."""
+    msg = tf_message_type()()
+    msg.transforms = [transform_stamped(stamp, BASE_FRAME, LIDAR_FRAME, kitti_T_base_velo()),
+                      transform_stamped(stamp, BASE_FRAME, CAMERA_FRAME, kitti_T_base_cam(T_cam_velo))]
+    return msg
+
+
+def compressed_image_msg(rgb: np.ndarray, stamp, frame_id: str):
+    """RGB -> sensor_msgs/CompressedImage as compressed_image_transport publishes an rgb8 image:
+    jpeg of the BGR image, format "rgb8; jpeg compressed bgr8"."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"jpeg encoding failed for an image of shape {rgb.shape}")
+    msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=data.tobytes())
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+def image_message(rgb: np.ndarray, stamp, compressed: bool):
+    if compressed:
+        return compressed_image_msg(rgb, stamp, CAMERA_FRAME)
+    return numpy_to_image(rgb, "rgb8", stamp=stamp, frame_id=CAMERA_FRAME)
+
+
+def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, compressed: bool = False) -> Path:
     """Write every frame of a KITTI-layout dataset to a rosbag2 (mcap) directory; returns it.
 
-    Written to a temporary sibling and renamed at the end, so an interrupted run leaves no half bag."""
+    compressed: images as jpeg CompressedImage on `<image topic>/compressed` (image_transport's
+    name) instead of raw Image. Written to a temporary sibling and renamed at the end, so an
+    interrupted run leaves no half bag."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
+    tf_message_type()  # fails here, before anything is written, when the interfaces are not built
     target = bag_directory(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{target.name}.partial"
@@ -80,18 +113,20 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True) -> P
     calib = dataset.calib
     K, width, height = calib.camera.K, calib.camera.width, calib.camera.height
     with Writer(temp, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connections = {role: writer.add_connection(TOPICS[role], msgtype, typestore=store) for role, msgtype in TYPES.items()}
+        topics, types = dict(BAG_TOPICS), dict(TYPES)
+        if compressed:
+            topics["image"], types["image"] = BAG_TOPICS["image"] + COMPRESSED_SUFFIX, COMPRESSED_TYPE
+        connections = {role: writer.add_connection(topics[role], msgtype, typestore=store) for role, msgtype in types.items()}
         for i in tqdm(range(len(dataset)), desc=f"bag {dataset.name}", unit="frame", disable=not progress):
             frame = dataset[i]
             stamp = seconds_to_stamp(frame.stamp)
             time_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
             if i == 0:
-                writer.write(connections["tf_static"], time_ns, tf_static_cdr(store, frame.stamp, calib.T_cam_sensor))
+                writer.write(connections["tf_static"], time_ns, serialize_message(robot_tf_static(stamp, calib.T_cam_sensor)))
             writer.write(connections["camera_info"], time_ns,
                          serialize_message(camera_info_msg(K, width, height, stamp=stamp, frame_id=CAMERA_FRAME)))
             if frame.image is not None:
-                writer.write(connections["image"], time_ns,
-                             serialize_message(numpy_to_image(frame.image, "rgb8", stamp=stamp, frame_id=CAMERA_FRAME)))
+                writer.write(connections["image"], time_ns, serialize_message(image_message(frame.image, stamp, compressed)))
             if frame.points is not None:
                 writer.write(connections["points"], time_ns,
                              serialize_message(numpy_to_pointcloud2(frame.points, stamp=stamp, frame_id=LIDAR_FRAME)))

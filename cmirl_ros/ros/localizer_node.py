@@ -31,16 +31,12 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from cmirl_ros.ros import messages
-from cmirl_ros.ros.conversions import (
-    MalformedMessage,
-    camera_info_to_K,
-    image_to_rgb,
-    numpy_to_image,
-    pointcloud2_to_xyzi,
-    stamp_to_seconds,
-)
-from cmirl_ros.ros.stats import RollingStats
+from cmirl_ros.ros.conversions import numpy_to_image
+from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
+from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
+from cmirl_ros.ros.stats import RecentEvents, RollingStats
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
+from cmirl_ros.topics import NODE_INPUTS
 
 NODE_NAME = "localizer"
 READY_LOG = "localizer ready"
@@ -53,9 +49,7 @@ PARAMETERS = {
     "map": "",
     "device": "auto",
     "num_threads": 0,
-    "image_topic": "/camera/image",
-    "camera_info_topic": "/camera/camera_info",
-    "points_topic": "/lidar/points",
+    **NODE_INPUTS,
     "qos": "sensor_data",
     "use_camera_info": True,
     "use_scan": False,
@@ -78,6 +72,27 @@ PARAMETERS = {
 QOS_CHOICES = ("sensor_data", "reliable")
 # What decoding a hostile message may raise (MalformedMessage is a ValueError); counted, never fatal.
 BAD_MESSAGE = (ValueError, TypeError, OverflowError)
+
+
+class LoadError(Exception):
+    """Loading a model or map failed; the message names the file and the problem."""
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def naming_the_file(kind: str, source, load):
+    """`load()`, with any exception turned into a LoadError naming `source`: a damaged file can make
+    a loader raise anything (KeyError, AttributeError, tokenize errors), and the node must neither
+    die of it nor report a bare `'keyframes'`."""
+    try:
+        return load()
+    except Exception as e:
+        text = one_line(e)
+        if isinstance(e, (FileNotFoundError, ValueError)) and str(source) in text:
+            raise LoadError(text) from e  # the loaders' own errors already name the file
+        raise LoadError(f"{kind} {source}: {type(e).__name__}: {text}") from e
 
 
 @dataclass
@@ -108,7 +123,11 @@ class LocalizerNode(LifecycleNode):
         self._enabled = True
         self._active = False
         self._stats = RollingStats()
-        self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0}
+        self._recent_errors = RecentEvents()
+        self._recent_scan_misses = RecentEvents()
+        self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
+                       "fused": 0, "scan_missed_image": 0}
+        self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
         self._last_rejection = ""
         self._last_warning: dict[str, float] = {}
@@ -122,12 +141,15 @@ class LocalizerNode(LifecycleNode):
         try:
             self.params = self._read_parameters()
             self._load()
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
-            self.get_logger().error(f"configure failed: {e}")
+        except Exception as e:  # whatever a damaged file makes a loader raise: one line, never a crash
+            self._localizer = self._model = None
+            self.get_logger().error(f"configure failed: {one_line(e)}")
             return TransitionCallbackReturn.FAILURE
         self._create_publishers()
         self._slot = LatestSlot()
         self._stats = RollingStats(window=float(self.params["stats_window"]))
+        self._recent_errors = RecentEvents(window=float(self.params["stats_window"]))
+        self._recent_scan_misses = RecentEvents(window=float(self.params["stats_window"]))
         self._worker = threading.Thread(target=self._inference_loop, name="cmirl-inference", daemon=True)
         self._worker.start()
         period = float(self.params["diagnostics_period"])
@@ -209,14 +231,15 @@ class LocalizerNode(LifecycleNode):
         p = self.params
         if p["num_threads"] > 0:
             torch.set_num_threads(int(p["num_threads"]))
-        self._model = load_model(p["model"], device=p["device"])
-        mapdb = MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model))
+        self._model = naming_the_file("model", p["model"], lambda: load_model(p["model"], device=p["device"]))
         config = LocalizerConfig(top_k=int(p["top_k"]), score_threshold=float(p["score_threshold"]),
                                  exclude_seconds=float(p["exclude_seconds"]))
-        self._localizer = Localizer(self._model, mapdb, config)
+        self._localizer = naming_the_file("map", p["map"], lambda: Localizer(
+            self._model, MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model)), config))
         self._calibrations = {}
-        # One throw-away query: the first real one would otherwise pay for lazy allocations.
-        self._localizer.localize(np.zeros((376, 1241, 3), np.uint8), stamp=0.0)
+        # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
+        width, height = KITTI_IMAGE_SIZE
+        naming_the_file("map", p["map"], lambda: self._localizer.localize(np.zeros((height, width, 3), np.uint8), stamp=0.0))
 
     def _create_publishers(self) -> None:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -279,12 +302,15 @@ class LocalizerNode(LifecycleNode):
 
     def _on_points(self, msg: PointCloud2) -> None:
         self.counts["scans"] += 1
+        stamp = stamp_to_seconds(msg.header.stamp)
         try:
             points = pointcloud2_to_xyzi(msg)
+            if len(points) == 0:
+                raise MalformedMessage("point cloud has no finite point (all NaN or infinite)")
         except BAD_MESSAGE as e:
             self._reject("point cloud", e)
-            return
-        self._synchronizer.add_scan(stamp_to_seconds(msg.header.stamp), points)
+            points = None  # still marks the stamp: its image goes alone now instead of waiting
+        self._synchronizer.add_scan(stamp, points)
 
     def _on_synchronized(self, image, scan) -> None:
         query: Query = image.value
@@ -318,6 +344,7 @@ class LocalizerNode(LifecycleNode):
                 self._answer(query)
             except Exception as e:  # a bad query must not kill the node; report and go on
                 self.counts["errors"] += 1
+                self._recent_errors.add()
                 self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
                                         throttle_duration_sec=float(self.params["warn_throttle_s"]))
 
@@ -342,6 +369,7 @@ class LocalizerNode(LifecycleNode):
             return
         calib = self._calibration(query) if query.points is not None else None
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=calib)
+        self._count_fusion(result)
         matches = list(result.matches)
         if not matches:
             self.counts["below_threshold"] += 1
@@ -358,6 +386,21 @@ class LocalizerNode(LifecycleNode):
                         result.timings_ms.get("encode", float("nan")))
         self._last_score = float(best.score)
         self.counts["answered"] += 1
+
+    def _count_fusion(self, result) -> None:
+        """Fused queries are counted as such only when the scan really covered the image."""
+        if result.scan_coverage is None:
+            return
+        self._last_scan_coverage = result.scan_coverage
+        if result.modalities == "image+depth":
+            self.counts["fused"] += 1
+            return
+        self.counts["scan_missed_image"] += 1
+        self._recent_scan_misses.add()
+        self.get_logger().warning(
+            f"scan covers {100 * result.scan_coverage:.3f} % of the image (intrinsics or calib_file wrong?): "
+            f"answered from the image alone (so far: {self.counts['scan_missed_image']})",
+            throttle_duration_sec=float(self.params["warn_throttle_s"]))
 
     def _publish(self, name: str, msg) -> None:
         publisher = self._outputs.get(name)
@@ -390,6 +433,9 @@ class LocalizerNode(LifecycleNode):
             "unpaired_images": self._synchronizer.unpaired if self._synchronizer else 0,
             "map_size": len(self._localizer.mapdb) if self._localizer is not None else 0,
             "last_score": self._last_score,
+            "last_scan_coverage": self._last_scan_coverage,
+            "recent_errors": self._recent_errors.count(),
+            "recent_scan_misses": self._recent_scan_misses.count(),
             **summary,
         }
         if self._last_rejection:
@@ -398,8 +444,17 @@ class LocalizerNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        ok = self._active and self._enabled and values["errors"] == 0
-        message = "answering" if ok else f"{values['state']}, {'enabled' if self._enabled else 'disabled'}"
+        # Levels reflect the last stats_window seconds, not the node's whole life.
+        problems = [f"{values['recent_errors']} failed queries"] if values["recent_errors"] else []
+        if values["recent_scan_misses"]:
+            problems.append(f"{values['recent_scan_misses']} scans missing the image")
+        ok = self._active and self._enabled and not problems
+        if ok:
+            message = "answering"
+        else:
+            message = f"{values['state']}, {'enabled' if self._enabled else 'disabled'}"
+            if problems:
+                message += f"; in the last {self._recent_errors.window:g} s: {', '.join(problems)}"
         self._diagnostics.publish(messages.diagnostics_msg(
             self.get_clock().now().to_msg(), f"{self.get_name()}: localization", values, ok, message))
 
@@ -417,10 +472,11 @@ class LocalizerNode(LifecycleNode):
             response.success, response.message = False, "not configured: nothing to reload"
             return response
         path = self.get_parameter("map").value
-        try:
-            self._localizer.reload(path)  # swaps maps between queries, under the localizer's lock
-        except (FileNotFoundError, ValueError) as e:
-            response.success, response.message = False, f"reload failed, keeping the current map: {e}"
+        try:  # swaps maps between queries, under the localizer's lock; any failure leaves the old map
+            naming_the_file("map", path, lambda: self._localizer.reload(path))
+        except Exception as e:
+            response.success, response.message = False, f"reload failed, keeping the current map: {one_line(e)}"
+            self.get_logger().error(response.message)
             return response
         self.params["map"] = path
         self._publish_keyframe_markers()

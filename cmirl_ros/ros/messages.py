@@ -7,7 +7,6 @@ from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovarianceStamped
 from std_msgs.msg import ColorRGBA, Float64MultiArray, Header, MultiArrayDimension
 from visualization_msgs.msg import Marker, MarkerArray
 
-from cmirl_ros.ros.conversions import stamp_to_seconds
 
 
 def pose_from_matrix(T: np.ndarray) -> Pose:
@@ -100,7 +99,3 @@ def _format(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
-
-
-def header_seconds(header: Header) -> float:
-    return stamp_to_seconds(header.stamp)

@@ -1,4 +1,4 @@
-"""Rolling figures the node reports in /diagnostics: answer rate and latency percentiles."""
+"""Rolling figures the node reports in /diagnostics: answer rate, latency percentiles, recent errors."""
 from __future__ import annotations
 
 import threading
@@ -39,3 +39,25 @@ class RollingStats:
             for q in (50, 95):
                 summary[f"{name}_p{q}"] = float(np.percentile(events[:, column], q)) if len(events) else float("nan")
         return summary
+
+
+class RecentEvents:
+    """How many events (e.g. failed queries) happened in the last `window` seconds: what the
+    diagnostics level reflects, so that a transient failure does not keep it WARN for good."""
+
+    def __init__(self, window: float = 10.0, clock=time.monotonic):
+        self.window = window
+        self._clock = clock
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self._times.append(self._clock())
+
+    def count(self) -> int:
+        with self._lock:
+            now = self._clock()
+            while self._times and self._times[0] < now - self.window:
+                self._times.popleft()
+            return len(self._times)

@@ -24,8 +24,10 @@ class ImageScanSynchronizer:
     Streams are assumed to arrive in stamp order each. An image waits until a scan stamped at
     or after it has arrived (so no closer scan can still come), then is emitted with its nearest
     scan within slop, or alone (points None) when there is none: the localizer then answers from
-    the image. Waiting images are bounded by `max_pending`; the oldest is emitted alone on
-    overflow, so a dead scan stream delays images by at most `max_pending` frames.
+    the image. A scan added with value None (unusable: rejected by the node) decides the timing
+    like any scan but is never paired, so its image goes alone at once. Waiting images are
+    bounded by `max_pending`; the oldest is emitted alone on overflow, so a dead scan stream
+    delays images by at most `max_pending` frames.
     """
 
     def __init__(self, slop: float, emit: Callable[[Stamped, Stamped | None], None],
@@ -72,7 +74,8 @@ class ImageScanSynchronizer:
         return ready
 
     def _nearest_scan(self, stamp: float) -> Stamped | None:
-        best = min(self._scans, key=lambda s: abs(s.stamp - stamp), default=None)
+        usable = (s for s in self._scans if s.value is not None)
+        best = min(usable, key=lambda s: abs(s.stamp - stamp), default=None)
         if best is None or abs(best.stamp - stamp) > self.slop:
             return None
         return best
@@ -125,7 +128,3 @@ class LatestSlot:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed

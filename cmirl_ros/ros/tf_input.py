@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cmirl_ros.geometry.tf_tree import TfTree
-from cmirl_ros.ros.conversions import stamp_to_seconds
+from cmirl_ros.sensor_decoding import stamp_to_seconds
 
 
 def add_tf_message(tree: TfTree, msg, static: bool) -> list[str]:

@@ -1,4 +1,5 @@
-"""The core never imports ROS: only cmirl_ros/ros/ may."""
+"""The core never imports ROS: only cmirl_ros/ros/ may, and the core never imports cmirl_ros/ros/.
+Benchmarks have one home (cmirl_ros/benchmarks/, registry of `cmirl bench`) and no import circles."""
 import ast
 from pathlib import Path
 
@@ -8,22 +9,76 @@ ROS_MODULES = {"rclpy", "sensor_msgs", "geometry_msgs", "nav_msgs", "std_msgs", 
                "launch", "launch_ros", "rcl_interfaces"}
 
 
-def _imported_roots(path: Path) -> set[str]:
-    roots = set()
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an import statement names, at any depth of the file (lazy imports count)."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            modules.add(module)
+            modules |= {f"{module}.{alias.name}" for alias in node.names}
+    return modules
+
+
+def _core_files():
+    return [path for path in PACKAGE.rglob("*.py") if path.relative_to(PACKAGE).parts[0] != "ros"]
 
 
 def test_core_modules_do_not_import_ros():
     offenders = {}
-    for path in PACKAGE.rglob("*.py"):
-        if "ros" in path.relative_to(PACKAGE).parts[:1]:
-            continue
-        bad = _imported_roots(path) & ROS_MODULES
+    for path in _core_files():
+        bad = {m.split(".")[0] for m in _imported_modules(path)} & ROS_MODULES
         if bad:
             offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
     assert not offenders, f"ROS imports outside cmirl_ros/ros/: {offenders}"
+
+
+def test_core_modules_do_not_import_the_ros_layer():
+    offenders = {}
+    for path in _core_files():
+        bad = {m for m in _imported_modules(path) if m == "cmirl_ros.ros" or m.startswith("cmirl_ros.ros.")}
+        if bad:
+            offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    assert not offenders, f"core modules importing cmirl_ros.ros: {offenders}"
+
+
+def test_no_import_circles_in_the_package():
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        graph[_module_name(path)] = {m for m in _imported_modules(path) if m.startswith("cmirl_ros.")}
+    edges = {name: {m for m in imports if m in graph and m != name} for name, imports in graph.items()}
+
+    def reaches(start: str, target: str) -> bool:
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in edges[stack.pop()]:
+                if nxt == target:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    # Package __init__ files re-export their submodules by design; circles through them are not counted.
+    modules = [m for m in edges if not (PACKAGE.parent / m.replace(".", "/") / "__init__.py").exists()]
+    circles = sorted({tuple(sorted((a, b))) for a in modules for b in edges[a] if b in modules and reaches(b, a)})
+    assert not circles, f"import circles: {circles}"
+
+
+def test_benchmarks_have_one_home():
+    from cmirl_ros.benchmarks import BENCHES
+
+    stray = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*bench*.py")
+             if p.parent.name != "benchmarks" and _module_name(p) not in BENCHES.values()]
+    assert not stray, f"benchmark modules outside cmirl_ros/benchmarks/ and not registered: {stray}"

@@ -181,6 +181,33 @@ def test_build_map_and_localize_with_a_real_model(tiny_model, tmp_path):
         localizer.localize(points=frame.points, stamp=0.0)
 
 
+def test_a_scan_that_misses_the_image_is_not_fused(tiny_model):
+    """A scan projecting onto (almost) no pixel (here: mirrored behind the camera) adds nothing:
+    the query is answered from the image alone, and the result says so."""
+    model, _ = tiny_model
+    mapdb = build_toy_map(model)
+    localizer = Localizer(model, mapdb, LocalizerConfig(top_k=1))
+    frame = ToyScans(count=8)[4]
+    fused = localizer.localize(image=frame.image, points=frame.points, stamp=frame.stamp, calib=frame.calib)
+    assert fused.modalities == "image+depth" and fused.scan_coverage > 0.001
+    behind = frame.points.copy()
+    camera_points = behind[:, :3] @ frame.calib.T_cam_sensor[:3, :3].T + frame.calib.T_cam_sensor[:3, 3]
+    camera_points[:, 2] = -np.abs(camera_points[:, 2]) - 1.0
+    behind[:, :3] = (camera_points - frame.calib.T_cam_sensor[:3, 3]) @ frame.calib.T_cam_sensor[:3, :3]
+    missed = localizer.localize(image=frame.image, points=behind, stamp=frame.stamp, calib=frame.calib)
+    image_only = localizer.localize(image=frame.image, stamp=frame.stamp)
+    assert missed.modalities == "image" and missed.scan_coverage == 0.0 and image_only.scan_coverage is None
+    np.testing.assert_allclose(missed.descriptor, image_only.descriptor, atol=1e-6)
+    scan_alone = localizer.localize(points=behind, stamp=frame.stamp, calib=frame.calib)
+    assert scan_alone.modalities == "depth"  # nothing else to answer from
+
+
+def build_toy_map(model):
+    from cmirl_ros.mapdb import build_map
+
+    return build_map(ToyScans(count=8), model, keyframe_distance=2.0, progress=False)
+
+
 def test_localizer_refuses_a_map_of_another_model(tiny_model):
     model, _ = tiny_model
     with pytest.raises(ValueError, match="model mismatch"):
@@ -249,7 +276,7 @@ def make_map_without_tokens(mapdb):
 
 
 def test_end_to_end_latency_breakdown(tiny_model):
-    from cmirl_ros.localization.benchmark import end_to_end
+    from cmirl_ros.benchmarks.end_to_end import end_to_end
 
     _, checkpoint = tiny_model
     figures = end_to_end(str(checkpoint), make_map(count=200, dim=32), threads=1, queries=2, warmup=1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmirl_ros.mapdb import IndexConfig, Keyframes, MapDatabase, select_keyframes
-from cmirl_ros.mapdb.benchmark import trajectory_descriptors
+from cmirl_ros.benchmarks.synthetic import trajectory_descriptors
 from cmirl_ros.mapdb.storage import atomic_directory
 
 FINGERPRINT = "test_model-0123456789abcdef"

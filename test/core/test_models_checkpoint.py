@@ -129,7 +129,7 @@ def test_resolve_device():
 
 
 def test_bench_model_writes_the_figures(tmp_path, capsys):
-    from cmirl_ros.models import benchmark
+    from cmirl_ros.benchmarks import model as benchmark
 
     parser = argparse.ArgumentParser()
     benchmark.add_arguments(parser)

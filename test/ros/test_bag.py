@@ -47,7 +47,7 @@ def test_bag_topics_types_and_stamps(sim_bag):
             stamp = msg.transforms[0].header.stamp if connection.topic == "/tf_static" else msg.header.stamp
             assert stamp.sec * 10**9 + stamp.nanosec == bag_time  # bag time = header stamp = times.txt
             if connection.topic == "/ground_truth/odometry":
-                assert (msg.header.frame_id, msg.child_frame_id) == ("map", "camera")
+                assert (msg.header.frame_id, msg.child_frame_id) == ("map", "camera_optical")
 
 
 def test_bag_path_forms_and_errors(sim_bag, tmp_path):
@@ -101,6 +101,28 @@ def test_recall_from_rankings_by_hand():
     assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)
 
 
+def play_while_spinning(node, play_args: list[str]) -> tuple[int, str]:
+    """Run `cmirl bag play ARGS` in its own process while spinning `node`, then 1 s more; shuts rclpy down."""
+    import time
+
+    import rclpy
+
+    player = subprocess.Popen([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", *play_args],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while player.poll() is None and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
+    finally:
+        output = player.communicate(timeout=30)[0]
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return player.returncode, output
+
+
 def test_bag_play_cli_rate_and_clock(sim_bag):
     """`cmirl bag play --rate 4 --clock` in its own process: every image arrives, 4x faster, with /clock."""
     import time
@@ -116,20 +138,8 @@ def test_bag_play_cli_rate_and_clock(sim_bag):
     node.create_subscription(Image, "/camera/image", lambda m: images.append(time.monotonic()),
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(Clock, "/clock", clocks.append, QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE))
-    player = subprocess.Popen([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(sim_bag), "--rate", "4", "--clock",
-                               "--wait-for", "/camera/image", "/clock"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while player.poll() is None and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.05)
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            rclpy.spin_once(node, timeout_sec=0.05)
-    finally:
-        output = player.communicate(timeout=30)[0]
-        node.destroy_node()
-        rclpy.try_shutdown()
-    assert player.returncode == 0, output
+    returncode, output = play_while_spinning(node, [str(sim_bag), "--rate", "4", "--clock", "--wait-for", "/camera/image", "/clock"])
+    assert returncode == 0, output
     n = len(BagSequence(sim_bag))
     assert len(images) == n, output
     span = images[-1] - images[0]  # 3.9 s of bag time at 4x
@@ -161,3 +171,106 @@ def test_bag_cli_errors_are_clean(tmp_path):
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a rosbag2 bag" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def compressed_bag(sim_root, tmp_path_factory):
+    """`cmirl bag from-kitti --compressed`: jpeg CompressedImage and a robot's tf tree, no calib file needed."""
+    out = tmp_path_factory.mktemp("compressed") / "compressed.mcap"
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "from-kitti", "--root", str(sim_root), "--seq", "00",
+                             "--frames", "0:20", "--out", str(out), "--compressed"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return resolve_bag_path(out)
+
+
+def test_compressed_bag_with_tf_tree_reads_back_with_the_kitti_frames_and_calibration(sim_root, compressed_bag):
+    from rosbags.rosbag2 import Reader
+
+    from cmirl_ros.datasets.bag import typestore
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.geometry import make_transform, quaternion_to_matrix
+    from cmirl_ros.geometry.frames import kitti_T_base_cam, kitti_T_base_velo
+
+    kitti = KittiSequence(sim_root, "00", slice(0, 20))
+    store, frames, static = typestore(), {}, {}
+    with Reader(compressed_bag) as reader:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        assert types["/camera/image/compressed"] == "sensor_msgs/msg/CompressedImage" and "/camera/image" not in types
+        for connection, _, raw in reader.messages():
+            msg = store.deserialize_cdr(raw, connection.msgtype)
+            if connection.topic == "/tf_static":
+                for t in msg.transforms:
+                    v, q = t.transform.translation, t.transform.rotation
+                    static[(t.header.frame_id, t.child_frame_id)] = make_transform(
+                        quaternion_to_matrix([q.x, q.y, q.z, q.w]), [v.x, v.y, v.z])
+            elif connection.topic != "/ground_truth/odometry":
+                frames[connection.topic] = msg.header.frame_id
+                if connection.topic.endswith("/compressed"):
+                    assert msg.format == "rgb8; jpeg compressed bgr8"
+    assert frames == {"/camera/image/compressed": "camera_optical", "/camera/camera_info": "camera_optical",
+                      "/lidar/points": "velodyne"}
+    assert set(static) == {("base_link", "velodyne"), ("base_link", "camera_optical")}  # a robot's tree, REP 105
+    np.testing.assert_allclose(static[("base_link", "velodyne")], kitti_T_base_velo(), atol=1e-6)
+    np.testing.assert_allclose(static[("base_link", "camera_optical")], kitti_T_base_cam(kitti.kitti_calib.T_cam2_velo), atol=1e-6)
+
+    bag = BagSequence(compressed_bag)  # intrinsics from camera_info, extrinsics from the tf chain
+    assert len(bag) == len(kitti) == 20
+    np.testing.assert_allclose(bag.stamps, kitti.stamps, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(bag.poses, kitti.poses, atol=1e-9)
+    np.testing.assert_allclose(bag.calib.camera.K, kitti.calib.camera.K, atol=1e-9)
+    np.testing.assert_allclose(bag.calib.T_cam_sensor, kitti.calib.T_cam_sensor, atol=1e-6)
+    for i in (0, 19):
+        a, b = bag[i], kitti[i]
+        assert a.image.shape == b.image.shape and a.image.dtype == np.uint8
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 4.0  # jpeg at quality 95
+        np.testing.assert_array_equal(a.points, b.points)
+
+
+def test_bag_play_replays_compressed_images_and_tf_static(compressed_bag):
+    """`cmirl bag play` publishes /tf_static (generated tf2_msgs) to a subscriber that joins with tf2's
+    static QoS, and CompressedImage, between processes."""
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage
+
+    from cmirl_ros.geometry.frames import kitti_T_base_velo
+    from cmirl_ros.geometry.tf_tree import TfTree
+    from cmirl_ros.ros.interfaces import tf_message_type
+    from cmirl_ros.ros.tf_input import add_tf_message
+
+    rclpy.init()
+    node = rclpy.create_node("cmirl_play_tf_test")
+    images, tree = [], TfTree()
+    node.create_subscription(CompressedImage, "/camera/image/compressed", images.append,
+                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(tf_message_type(), "/tf_static", lambda m: add_tf_message(tree, m, static=True),
+                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    returncode, output = play_while_spinning(node, [str(compressed_bag), "--rate", "4", "--wait-for", "/camera/image/compressed", "/tf_static"])
+    assert returncode == 0 and "skipping" not in output, output
+    assert len(images) == 20 and images[0].format == "rgb8; jpeg compressed bgr8", output
+    np.testing.assert_allclose(tree.lookup("base_link", "velodyne"), kitti_T_base_velo(), atol=1e-9)
+    assert tree.can_transform("camera_optical", "velodyne")
+
+
+def test_bag_without_a_tf_chain_to_the_scans_is_a_clear_error(sim_root, tmp_path, monkeypatch):
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros import bag_writer
+    from cmirl_ros.ros.interfaces import tf_message_type
+
+    def only_the_lidar(stamp, T_cam_velo):  # base_link -> velodyne, but the camera hangs nowhere
+        return tf_message_type()(transforms=[bag_writer.transform_stamped(stamp, "base_link", "velodyne", np.eye(4))])
+
+    monkeypatch.setattr(bag_writer, "robot_tf_static", only_the_lidar)
+    bag = bag_writer.write_bag_from_dataset(KittiSequence(sim_root, "00", slice(0, 2)), tmp_path / "broken", progress=False)
+    with pytest.raises(ValueError, match=r"broken: no extrinsics for the scans from /tf_static: unknown frame 'camera_optical'"):
+        BagSequence(bag)
+
+
+def test_from_kitti_without_built_interfaces_says_how_to_build_them(sim_root, tmp_path):
+    env = {**os.environ, "CMIRL_INTERFACES_PREFIX": str(tmp_path / "nothing")}
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "from-kitti", "--root", str(sim_root), "--seq", "00",
+                             "--frames", "0:2", "--out", str(tmp_path / "bag.mcap")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cmirl bag from-kitti: error: the message package(s) tf2_msgs, cmirl_ros_interfaces are not built" in result.stderr
+    assert "run `make interfaces`" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written

@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from cmirl_ros.ros.conversions import (
+from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
+from cmirl_ros.sensor_decoding import (
     MalformedMessage,
-    camera_info_msg,
     camera_info_to_K,
     image_to_numpy,
     image_to_rgb,
-    numpy_to_image,
-    numpy_to_pointcloud2,
     pointcloud2_to_structured,
     pointcloud2_to_xyzi,
-    seconds_to_stamp,
     stamp_to_seconds,
 )
 
@@ -90,7 +87,7 @@ def test_numpy_to_image_round_trip_and_fields():
 
 
 @pytest.mark.parametrize("mutate,reason", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "unsupported image encoding"),
+    (lambda m: setattr(m, "encoding", "nv21"), "unsupported image encoding"),
     (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "needs"),
     (lambda m: setattr(m, "height", 0), "zero size"),
     (lambda m: setattr(m, "step", 5), "shorter than a row"),
@@ -177,6 +174,14 @@ def test_camera_info_round_trip():
     assert (width, height) == (1241, 376)
     with pytest.raises(MalformedMessage):
         camera_info_to_K(CameraInfo())
+
+
+@pytest.mark.parametrize("entry, value", [((0, 0), np.nan), ((1, 1), np.inf), ((0, 2), np.nan), ((1, 2), -np.inf)])
+def test_camera_info_with_non_finite_intrinsics_is_malformed(entry, value):
+    K = np.array([[718.856, 0, 607.19], [0, 718.856, 185.21], [0, 0, 1]])
+    K[entry] = value
+    with pytest.raises(MalformedMessage, match="no usable intrinsics"):
+        camera_info_to_K(camera_info_msg(K, 1241, 376))
 
 
 def test_decoders_accept_rosbags_messages():

@@ -76,7 +76,7 @@ def subscribe() -> None:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from cmirl_ros.ros.conversions import image_to_numpy
+    from cmirl_ros.sensor_decoding import image_to_numpy
 
     rclpy.init()
     node = rclpy.create_node("kitti_image_subscriber")

@@ -249,7 +249,8 @@ def test_rosbags_cdr_deserializes_with_the_generated_types(interfaces):
     from rclpy.serialization import deserialize_message, serialize_message
 
     from cmirl_ros.datasets.bag import typestore
-    from cmirl_ros.ros.bag_writer import tf_static_cdr
+    from cmirl_ros.ros.bag_writer import robot_tf_static
+    from cmirl_ros.ros.conversions import seconds_to_stamp
     from cmirl_ros.ros.interfaces import loop_closure_type, tf_message_type
 
     store = typestore()
@@ -260,11 +261,14 @@ def test_rosbags_cdr_deserializes_with_the_generated_types(interfaces):
     expected = [("base_link", child, [*translation, *rotation]) for child, (translation, rotation) in STATIC.items()]
     assert transform_fields(deserialize_message(bytes(raw), tf_message_type())) == expected
     assert transform_fields(store.deserialize_cdr(ours, TF)) == expected
-    # What `cmirl bag from-kitti` writes on /tf_static.
-    T = np.eye(4)
-    T[:3, 3] = [0.1, -0.2, 0.3]
-    kitti = deserialize_message(bytes(tf_static_cdr(store, 12.5, T)), tf_message_type())
-    assert kitti.transforms[0].header.stamp.sec == 12 and kitti.transforms[0].transform.translation.y == -0.2
+    # What `cmirl bag from-kitti` writes on /tf_static (generated type), read back by rosbags as the bag dataset does.
+    T_cam_velo = np.eye(4)
+    T_cam_velo[:3, 3] = [0.1, -0.2, 0.3]
+    kitti = store.deserialize_cdr(serialize_message(robot_tf_static(seconds_to_stamp(12.5), T_cam_velo)), TF)
+    assert [(t.header.frame_id, t.child_frame_id) for t in kitti.transforms] == [("base_link", "velodyne"), ("base_link", "camera_optical")]
+    camera = kitti.transforms[1]
+    assert camera.header.stamp.sec == 12 and camera.header.stamp.nanosec == 500_000_000
+    assert (camera.transform.translation.x, camera.transform.translation.y) == pytest.approx((-0.1, 0.2))
     # LoopClosure: a rosbags store that knows the .msg reads and writes the same bytes.
     loop_store = loop_closure_store()
     raw_loop = serialize_message(loop_closure(rclpy_types()))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cmirl_ros.ros.stats import RollingStats
+from cmirl_ros.ros.stats import RecentEvents, RollingStats
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
 
 
@@ -47,6 +47,17 @@ def test_dead_scan_stream_delays_images_by_at_most_max_pending():
         sync.add_image(float(k), k)
     assert [p[0] for p in pairs] == [0, 1, 2]
     assert all(p[1] is None for p in pairs)
+
+
+def test_unusable_scan_decides_at_once_and_is_never_paired():
+    sync, pairs = collect()
+    sync.add_image(1.0, "img")
+    sync.add_scan(1.0, None)  # the node rejected this scan (e.g. all NaN)
+    assert pairs == [("img", None)] and sync.unpaired == 1
+    sync.add_scan(1.98, "usable")
+    sync.add_image(2.0, "img2")
+    sync.add_scan(2.0, None)  # an unusable scan closer in time does not beat a usable one within slop
+    assert pairs[-1] == ("img2", "usable")
 
 
 def test_negative_slop_is_an_error():
@@ -98,3 +109,16 @@ def test_rolling_stats_rate_and_percentiles():
     assert summary["encode_ms_p50"] == pytest.approx(5.0)
     now[0] = 100.0
     assert stats.summary()["rate_hz"] == 0.0 and stats.total == 21
+
+
+def test_recent_events_forget_what_is_older_than_the_window():
+    now = [0.0]
+    errors = RecentEvents(window=5.0, clock=lambda: now[0])
+    errors.add()
+    now[0] = 4.0
+    errors.add()
+    assert errors.count() == 2
+    now[0] = 6.0
+    assert errors.count() == 1
+    now[0] = 9.5
+    assert errors.count() == 0

@@ -35,7 +35,7 @@ def end_to_end(model_name: str, mapdb, threads: int, queries: int = 30, warmup: 
 
     from cmirl_ros.localization import Localizer, LocalizerConfig
     from cmirl_ros.mapdb import MapDatabase
-    from cmirl_ros.mapdb.benchmark import trajectory_descriptors
+    from cmirl_ros.benchmarks.synthetic import trajectory_descriptors
     from cmirl_ros.mapdb.build import model_record
     from cmirl_ros.models import load_model
 

@@ -107,6 +107,7 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
     from cmirl_ros.ros.conversions import numpy_to_image
     from cmirl_ros.ros.localizer_node import READY_LOG
     from cmirl_ros.ros.processes import start_localizer
+    from cmirl_ros.topics import IMAGE
 
     # The node's statistics window spans one rate step plus its tail, so the diagnostics read at
     # the end of a step describe that step only.
@@ -125,7 +126,7 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
     diagnostics: list = []
     bench.create_subscription(DiagnosticArray, "/diagnostics",
                               lambda msg: diagnostics.append({kv.key: kv.value for kv in msg.status[0].values}), 10)
-    images = bench.create_publisher(Image, "/camera/image", qos_profile_sensor_data)
+    images = bench.create_publisher(Image, IMAGE, qos_profile_sensor_data)
     messages = [numpy_to_image(f.image, "rgb8", frame_id="camera") for f in frames]
     steps = []
     try:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.benchmarks.synthetic import normalize, trajectory_descriptors
+
 HELP = "map database: search latency p50/p99, recall vs exact, bytes/entry, build time (+ --e2e)"
 
 
@@ -40,22 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads for --e2e (on a shared, busy machine 2 spinning threads inflate latency)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-
-
-def trajectory_descriptors(entries: int, dim: int, route_length: int, step: float, seed: int) -> np.ndarray:
-    """(N, D) float32 unit vectors; row r*L + t is keyframe t of route r."""
-    rng = np.random.default_rng(seed)
-    routes = -(-entries // route_length)
-    out = np.empty((routes, route_length, dim), dtype=np.float32)
-    x = _normalize(rng.standard_normal((routes, dim), dtype=np.float32))
-    for t in range(route_length):
-        out[:, t] = x
-        x = _normalize(x + step / np.sqrt(dim) * rng.standard_normal((routes, dim), dtype=np.float32))
-    return out.reshape(-1, dim)[:entries]
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _percentiles_ms(seconds: list[float]) -> tuple[float, float]:
@@ -136,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     descriptors = trajectory_descriptors(args.entries, args.dim, args.route_length, args.step, args.seed)
     keyframes = synthetic_keyframes(args.entries)
     sources = rng.integers(0, args.entries, args.queries)
-    queries = _normalize(descriptors[sources] + args.noise / np.sqrt(args.dim)
-                         * rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+    queries = normalize(descriptors[sources] + args.noise / np.sqrt(args.dim)
+                        * rng.standard_normal((args.queries, args.dim), dtype=np.float32))
 
     exact = MapDatabase(descriptors, keyframes, index_config=IndexConfig(type="flat"))
     _, exact_ids = exact.search(queries, 1)
@@ -165,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         results["save_load"] = save_and_reload(headline_map, args.save, queries)
         print(json.dumps({"save_load": results["save_load"]}))
     if args.e2e:
-        from cmirl_ros.localization.benchmark import end_to_end
+        from cmirl_ros.benchmarks.end_to_end import end_to_end
 
         results["e2e"] = end_to_end(args.model, headline_map, threads=args.e2e_threads)
         print(json.dumps({"e2e": results["e2e"]}))
