@@ -62,6 +62,30 @@ class RetrievalResult:
         }
 
 
+def recall(hits, counted=None) -> float | None:
+    """Fraction of the counted queries (all when `counted` is None) that have a hit; None when none counts."""
+    hits = np.asarray(hits, bool)
+    if counted is not None:
+        hits = hits[np.asarray(counted, bool)]
+    return float(hits.mean()) if len(hits) else None
+
+
+def recall_from_rankings(rankings: list[np.ndarray], correct: np.ndarray, excluded: np.ndarray | None,
+                         k_percent: int) -> dict:
+    """Recall@1 and Recall@1% of ranked map ids (one ranking per query, e.g. what a node published).
+    With `excluded` (Q, M), hidden entries are removed from each ranking and only queries with a
+    visible correct entry count (revisit)."""
+    hits1, hits_pct = [], []
+    for q, ranking in enumerate(rankings):
+        if excluded is not None:
+            if not (correct[q] & ~excluded[q]).any():
+                continue
+            ranking = ranking[~excluded[q][ranking]]
+        hits1.append(bool(len(ranking) and correct[q, ranking[0]]))
+        hits_pct.append(bool(correct[q, ranking[:k_percent]].any()))
+    return {"queries": len(hits1), "recall@1": recall(hits1), "recall@1%": recall(hits_pct), "k_1_percent": k_percent}
+
+
 def _chance(correct: np.ndarray, allowed: np.ndarray, k: int) -> float:
     """Expected recall@k of a random ranking: 1 - C(M-c, k)/C(M, k) per query, averaged."""
     num_allowed = allowed.sum(1).astype(np.float64)
@@ -183,6 +207,10 @@ class PRCurve:
     recall: np.ndarray
     num_positives: int  # recall's denominator; 0 leaves recall undefined (NaN)
 
+    @classmethod
+    def from_dict(cls, data: dict, num_positives: int) -> "PRCurve":
+        return cls(*(np.array(data[k], np.float64) for k in ("thresholds", "precision", "recall")), num_positives)
+
     def to_dict(self) -> dict:
         return {"thresholds": _floats(self.thresholds), "precision": _floats(self.precision),
                 "recall": _floats(self.recall)}
@@ -237,6 +265,12 @@ def pose_errors(estimated: np.ndarray, truth: np.ndarray, axes=None) -> np.ndarr
     relative = np.einsum("qji,qjk->qik", estimated[:, :3, :3], truth[:, :3, :3])
     cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
     return np.column_stack([position, np.degrees(np.arccos(cos))])
+
+
+# The headline keys every loop-closure report (eval, localize, bag eval) carries at its top level.
+LOOP_CLOSURE_KEYS = ("max_f1", "recall_at_100p", "average_precision", "chance_max_f1", "chance_average_precision",
+                     "verify", "verified_precision", "verified_recall", "unverified_precision", "unverified_recall",
+                     "pose_error_m_p50", "pose_error_deg_p50")
 
 
 @dataclass

@@ -151,3 +151,16 @@ def test_revisit_protocol_counts_false_closures_of_queries_without_revisit():
     assert lc["max_f1"] == 1.0 and lc["recall_at_100p"] == 1.0 and lc["average_precision"] == 1.0
     assert lc["unverified_precision"] == 0.5 and lc["unverified_recall"] == 1.0
     assert lc["recall@1"] == 1.0  # the existing keys are unchanged
+
+
+def test_recall_from_rankings_by_hand():
+    from cmirl_ros.evaluation.metrics import recall_from_rankings
+
+    correct = np.array([[True, False, False], [False, False, True], [False, True, False]])
+    rankings = [np.array([0, 1, 2]), np.array([0, 2, 1]), np.array([2, 0, 1])]
+    paper = recall_from_rankings(rankings, correct, None, k_percent=2)
+    assert paper == {"queries": 3, "recall@1": pytest.approx(1 / 3), "recall@1%": pytest.approx(2 / 3), "k_1_percent": 2}
+    # Hide keyframe 0 from query 0 (its only match: not counted) and from query 1 (now ranks 2 first).
+    excluded = np.array([[True, False, False], [True, False, False], [False, False, False]])
+    revisit = recall_from_rankings(rankings, correct, excluded, k_percent=1)
+    assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmirl_ros.datasets.bag import BagSequence, interpolate_poses, resolve_bag_path
-from cmirl_ros.ros.bag_eval import nearest_stamps, recall_from_rankings
+from cmirl_ros.ros.bag_eval import nearest_stamps
 
 
 def test_bag_from_kitti_round_trips_every_frame(sim_root, sim_bag):
@@ -88,17 +88,6 @@ def test_nearest_stamps_tolerates_float_error_of_epoch_seconds():
     stamps = np.array([1_731_000_000 + 300_000_000 * 1e-9, 1_731_000_000.1, 1_731_000_000.25])
     np.testing.assert_array_equal(nearest_stamps(stamps, reference), [2, 0, -1])
     np.testing.assert_array_equal(nearest_stamps(np.array([0.5]), np.array([])), [-1])
-
-
-def test_recall_from_rankings_by_hand():
-    correct = np.array([[True, False, False], [False, False, True], [False, True, False]])
-    rankings = [np.array([0, 1, 2]), np.array([0, 2, 1]), np.array([2, 0, 1])]
-    paper = recall_from_rankings(rankings, correct, None, k_percent=2)
-    assert paper == {"queries": 3, "recall@1": pytest.approx(1 / 3), "recall@1%": pytest.approx(2 / 3), "k_1_percent": 2}
-    # Hide keyframe 0 from query 0 (its only match: not counted) and from query 1 (now ranks 2 first).
-    excluded = np.array([[True, False, False], [True, False, False], [False, False, False]])
-    revisit = recall_from_rankings(rankings, correct, excluded, k_percent=1)
-    assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)
 
 
 def test_bag_play_cli_rate_and_clock(sim_bag):
