@@ -243,10 +243,15 @@ def max_f1(curve: PRCurve) -> float | None:
 
 def recall_at_100p(curve: PRCurve) -> float | None:
     """Highest recall at a threshold that accepts no false positive (0 when the best match is wrong)."""
+    return recall_at_precision(curve, 1.0)
+
+
+def recall_at_precision(curve: PRCurve, precision: float) -> float | None:
+    """Highest recall at a threshold whose precision is at least `precision` (0 when none is)."""
     if not curve.num_positives:
         return None
-    perfect = curve.precision >= 1.0
-    return float(curve.recall[perfect].max()) if perfect.any() else 0.0
+    good = curve.precision >= precision
+    return float(curve.recall[good].max()) if good.any() else 0.0
 
 
 def average_precision(curve: PRCurve) -> float | None:
@@ -309,6 +314,8 @@ class LoopClosureResult:
             "verified_precision": self.verified_precision,
             "verified_recall": self.verified_recall,
             "verified_accepted": self.verified_accepted,
+            # The verified matches thresholded by score as well: the recall kept at >= 99 % precision.
+            "verified_recall_at_99p": None if self.verified_curve is None else recall_at_precision(self.verified_curve, 0.99),
             "unverified_precision": self.unverified_precision,
             "unverified_recall": self.unverified_recall,
             "pose_error_m_p50": self.pose_error_m_p50,

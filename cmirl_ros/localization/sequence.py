@@ -5,7 +5,8 @@ query moves through the world rarely is. A query's match is confirmed only when 
 last `length` queries agree with the motion between those queries, step by step:
 - with odometry positions (any frame: only distances are compared), the distance between two
   consecutive matched keyframes must equal the distance travelled between the two queries within
-  `tolerance_m`, and the window must cover at least `min_travel_m` of travel (a standing vehicle
+  `tolerance_m`, so must the distance between the window's first and last matches, and the window
+  must cover at least `min_travel_m` of travel (a standing vehicle
   repeating one match proves nothing);
 - with stamps only, consecutive matched keyframes may be at most `max_speed` * dt + `tolerance_m`
   apart (a plausibility bound).
@@ -82,7 +83,7 @@ class SequenceVerifier:
         if self._window and not self._agrees(self._window[-1], step):
             self.reset()  # the new match may still start a consistent run
         self._window.append(step)
-        return len(self._window) == self.config.length and self._travelled_enough()
+        return len(self._window) == self.config.length and self._travelled_enough() and self._spans_agree()
 
     def _agrees(self, previous: _Step, step: _Step) -> bool:
         jump = float(np.linalg.norm(step.match - previous.match))
@@ -90,6 +91,14 @@ class SequenceVerifier:
             travelled = float(np.linalg.norm(step.odometry - previous.odometry))
             return abs(jump - travelled) <= self.config.tolerance_m
         return jump <= self.config.max_speed * max(step.stamp - previous.stamp, 0.0) + self.config.tolerance_m
+
+    def _spans_agree(self) -> bool:
+        """With odometry, the window end to end as well: a match stuck on one keyframe passes each
+        short step within the tolerance, but not the whole window's travel."""
+        first, last = self._window[0], self._window[-1]
+        if first is last or first.odometry is None or last.odometry is None:
+            return True
+        return self._agrees(first, last)
 
     def _travelled_enough(self) -> bool:
         steps = list(self._window)
