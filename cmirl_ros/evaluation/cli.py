@@ -1,4 +1,6 @@
-"""`cmirl eval`: Recall@1 / Recall@1% of image queries against a LiDAR map, both protocols.
+"""`cmirl eval`: Recall@1 / Recall@1% of image queries against a LiDAR map, both protocols, and the
+loop-closure figures of the revisit protocol (PR curve over the top-1 score, `OUT_pr.png`; with
+`--verify sequence`, those of the matches the sequence verifier confirms).
 
     cmirl eval --model cmirl_driving --map out/maps/00 --dataset kitti --root SIM --seq 00 \
         --frames 3000:4541 --radius 10 --exclude-seconds 30 --json out/eval/00.json

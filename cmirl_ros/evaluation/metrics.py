@@ -1,4 +1,5 @@
-"""Retrieval metrics over descriptors and poses: Recall@N, Recall@1%, and the two protocols.
+"""Every recall / precision figure: Recall@N, Recall@1%, the two protocols, and loop-closure
+precision / recall (PR curve, max F1, recall at 100 % precision, AP, verified figures, pose errors).
 
 Everything here is a pure function of arrays, so the numbers in reports can be checked
 by hand on tiny inputs.

@@ -141,6 +141,15 @@ def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, t
     paper = report["protocols"]["paper"]
     assert paper["queries"] == report["queries_answered"] and 0.0 <= paper["recall@1"] <= 1.0
     assert report["latency_ms_p50"] > 0
+    # Loop closures: every answered query's published top-1 carries its score; accepting them all
+    # gives the paper protocol's Recall@1 (the node excludes nothing in a replay).
+    loop_closure = report["loop_closure"]
+    assert loop_closure["lc_queries"] == report["queries_answered"]
+    assert None not in loop_closure["pr_curve"]["thresholds"]
+    assert loop_closure["unverified_recall"] == pytest.approx(paper["recall@1"])
+    assert 0.0 <= report["max_f1"] <= 1.0 and report["verified_precision"] is None
+    assert "loop closures: max F1" in result.stdout
+    assert (tmp_path / "eval_pr.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bag_cli_errors_are_clean(tmp_path):
