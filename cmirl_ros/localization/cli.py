@@ -80,9 +80,8 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     holds the place at all once the exclusion window is applied (only those queries count)."""
     import numpy as np
 
-    from cmirl_ros.geometry.poses import place_distances
-
     from cmirl_ros.evaluation.metrics import pose_errors
+    from cmirl_ros.geometry.poses import place_distances
 
     distances = place_distances(frame.T_world_cam[None], map_poses, dataset.ground_axes)[0]
     allowed = np.ones(len(distances), bool)
@@ -114,10 +113,10 @@ def loop_closure_of(queries: list[dict], axes, args):
     from cmirl_ros.evaluation.metrics import loop_closure_metrics
     from cmirl_ros.localization.sequence import config_from_args, verify_sequence
 
-    has_match = np.array([bool(q["matches"]) for q in queries], bool)
     scores = np.array([q["matches"][0]["score"] if q["matches"] else -np.inf for q in queries])
     accepted = None
     if args.verify == "sequence":
+        has_match = np.array([bool(q["matches"]) for q in queries], bool)
         matched = np.array([q["matches"][0]["position"] if q["matches"] else [0.0] * 3 for q in queries]).reshape(-1, 3)
         odometry = np.array([q["position"] for q in queries]).reshape(-1, 3) if args.sequence_odometry else None
         accepted = verify_sequence(np.array([q["stamp"] for q in queries]), matched, has_match, odometry,
