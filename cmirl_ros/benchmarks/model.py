@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from cmirl_ros.models import build_model, resolve_device
-    from cmirl_ros.models.inference import autocast_for
+    from cmirl_ros.models.describer import autocast_for
 
     if args.threads:
         torch.set_num_threads(args.threads)

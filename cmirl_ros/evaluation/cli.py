@@ -1,4 +1,6 @@
-"""`cmirl eval`: Recall@1 / Recall@1% of image queries against a LiDAR map, both protocols.
+"""`cmirl eval`: Recall@1 / Recall@1% of image queries against a LiDAR map, both protocols, and the
+loop-closure figures of the revisit protocol (PR curve over the top-1 score, `OUT_pr.png`; with
+`--verify sequence`, those of the matches the sequence verifier confirms).
 
     cmirl eval --model cmirl_driving --map out/maps/00 --dataset kitti --root SIM --seq 00 \
         --frames 3000:4541 --radius 10 --exclude-seconds 30 --json out/eval/00.json
@@ -13,11 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 HELP = "evaluate place recognition (Recall@1, Recall@1%, both protocols, ablation/condition tables)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cmirl_ros.datasets import add_dataset_args
+    from cmirl_ros.localization.sequence import add_verify_arguments
 
     parser.add_argument("--model", help="shipped model name, checkpoint directory, or model config name")
     parser.add_argument("--map", type=Path, default=None,
@@ -43,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--keyframe-distance", type=float, default=0.0, help="in-memory map: keyframe spacing (m)")
     parser.add_argument("--keyframe-angle", type=float, default=0.0, help="in-memory map: keyframe rotation (deg)")
+    add_verify_arguments(parser)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -68,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cmirl_ros.datasets import open_dataset, parse_frames
     from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
+    from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
+    from cmirl_ros.localization.sequence import config_from_args
     from cmirl_ros.atomic import atomic_write_text
-    from cmirl_ros.evaluation.report import markdown_table, plot_recall_curves, write_json
+    from cmirl_ros.evaluation.report import (markdown_table, plot_pr_curves, plot_recall_curves, pr_plot_path,
+                                             write_json)
     from cmirl_ros.models import load_model, model_fingerprint
     from cmirl_ros.training.cli import set_torch_threads
 
@@ -98,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return MapSide.from_database(build_map(open_dataset(map_args, "--map-frames"), model, args.keyframe_distance, args.keyframe_angle))
 
     table: dict[str, dict[str, dict]] = {}  # row label -> column group -> protocol -> metrics
-    curves = {}
+    curves, pr_curves = {}, {}
+    loop_protocol = "revisit" if "revisit" in protocols else protocols[0]  # revisit = the loop-closure case
     import torch
 
     for variant, model_name, map_dir in variants:
@@ -110,16 +120,23 @@ def run(args: argparse.Namespace) -> int:
             query_args.root = Path(root)
             queries = encode_queries(model, _subset(open_dataset(query_args), args.stride), with_scan=args.with_scan)
             results = score(queries, map_side, args.radius, axes, args.angle, args.exclude_seconds, protocols)
+            for result in results.values():
+                verify_matches(result, queries, map_side, args, axes)
             metrics = {p: r.to_dict() for p, r in results.items()}
             row_label = condition if condition else variant
             group = variant if condition else label
             # Table 2: rows = conditions, columns = models; otherwise rows = models, columns = the sequence.
             table.setdefault(row_label, {})[group] = metrics
             for p, r in results.items():
-                curves[f"{group} {row_label} ({p})" if condition else f"{row_label} ({p})"] = r.recall_curve
+                name = f"{group} {row_label} ({p})" if condition else f"{row_label} ({p})"
+                curves[name] = r.recall_curve
+                if p == loop_protocol:
+                    pr_curves[f"{name} retrieval"] = r.loop_closure.curve
+                    pr_curves[f"{name} verified ({args.verify})"] = r.loop_closure.verified_curve
             summary = ", ".join(f"{p}: R@1 {_fmt(r.recall_at_1)} R@1% {_fmt(r.recall_at_1_percent)} "
                                 f"({r.num_queries} queries)" for p, r in results.items())
             print(f"{row_label} [{group}]: {summary}")
+            print(f"  loop closure ({loop_protocol}): {_loop_line(results[loop_protocol].to_dict())}")
 
     rows = list(table.items())
     primary = protocols[0]
@@ -134,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         "exclude_seconds": args.exclude_seconds,
         "with_scan": args.with_scan,
         "rows": [{"label": lab, "results": by_group} for lab, by_group in rows],
+        "loop_closure_protocol": loop_protocol,
+        **{key: rows[0][1][next(iter(rows[0][1]))][loop_protocol][key] for key in LOOP_CLOSURE_KEYS},
+        "sequence": config_from_args(args).to_dict() if args.verify == "sequence" else None,
     }
     kind = "conditions" if args.conditions else "ablations" if args.ablations else "model"
     title = f"{label}: Recall (%) ({kind}), radius {args.radius} m" + (f", angle {args.angle} deg" if args.angle else "")
@@ -142,8 +162,33 @@ def run(args: argparse.Namespace) -> int:
     md_path = args.markdown or args.json.with_suffix(".md")
     atomic_write_text(md_path, markdown)
     plot_recall_curves(curves, args.plot or args.json.with_suffix(".png"), title=title)
+    plot_pr_curves(pr_curves, pr_plot_path(args.json), title=f"{label}: loop closure ({loop_protocol}), radius {args.radius} m")
     print(markdown)
     return 0
+
+
+def verify_matches(result, queries, map_side, args, axes) -> None:
+    """Loop-closure figures of one protocol with `--verify`; the output pose of an image-only match is
+    its keyframe's camera pose (nothing refines it), so that is what the pose error measures."""
+    if args.verify == "none":
+        return
+    from cmirl_ros.evaluation.metrics import pose_errors
+    from cmirl_ros.localization.sequence import config_from_args, verify_sequence
+
+    has_match = result.best >= 0
+    matched = map_side.poses[np.maximum(result.best, 0)]
+    odometry = queries.poses[:, :3, 3] if args.sequence_odometry else None
+    accepted = verify_sequence(queries.stamps, matched[:, :3, 3], has_match, odometry, config_from_args(args), axes)
+    result.verify(accepted, args.verify, pose_errors(matched, queries.poses, axes))
+
+
+def _loop_line(m: dict) -> str:
+    line = (f"max F1 {_fmt(m['max_f1'])} (chance {_fmt(m['chance_max_f1'])}), R@100%P {_fmt(m['recall_at_100p'])}, "
+            f"AP {_fmt(m['average_precision'])} (chance {_fmt(m['chance_average_precision'])}), "
+            f"all top-1: P {_fmt(m['unverified_precision'])} R {_fmt(m['unverified_recall'])}")
+    if m["verify"] != "none":
+        line += f"; verified ({m['verify']}): P {_fmt(m['verified_precision'])} R {_fmt(m['verified_recall'])}"
+    return line
 
 
 def _fmt(value) -> str:

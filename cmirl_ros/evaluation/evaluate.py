@@ -33,20 +33,15 @@ def encode_queries(model, dataset, with_scan: bool = False, chunk: int = 32, pro
     """Images (and, with `with_scan`, their scans) of every selected frame -> descriptors."""
     from tqdm import tqdm
 
-    from cmirl_ros.models import describe
+    from cmirl_ros.models import Describer
 
-    pre = model.preprocessing
+    describer = Describer(model)
+    purpose = "a query (--with-scan: image + scan)" if with_scan else "a query"
     out = []
     for start in tqdm(range(0, len(dataset), chunk), desc="queries", disable=not progress, leave=False):
         frames = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
-        for f in frames:
-            if f.image is None:
-                raise ValueError(f"{dataset.name} frame {f.name}: no image to use as a query")
-            if with_scan and f.points is None:
-                raise ValueError(f"{dataset.name} frame {f.name}: --with-scan needs a scan for every query")
-        images = np.stack([pre.image(f.image) for f in frames])
-        depths = np.stack([pre.sparse_depth(f.points, f.calib) for f in frames]) if with_scan else None
-        out.append(describe(model, images=images, depths=depths, batch_size=chunk))
+        out.append(describer.frames(frames, use_image=True, use_scan=with_scan, purpose=purpose,
+                                    dataset=dataset.name).descriptors)
     dim = getattr(model, "descriptor_dim", 0)
     descriptors = np.concatenate(out) if out else np.zeros((0, dim), np.float32)
     return QuerySide(descriptors, np.asarray(dataset.poses), np.asarray(dataset.stamps))

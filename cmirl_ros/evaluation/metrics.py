@@ -1,4 +1,5 @@
-"""Retrieval metrics over descriptors and poses: Recall@N, Recall@1%, and the two protocols.
+"""Every recall / precision figure: Recall@N, Recall@1%, the two protocols, and loop-closure
+precision / recall (PR curve, max F1, recall at 100 % precision, AP, verified figures, pose errors).
 
 Everything here is a pure function of arrays, so the numbers in reports can be checked
 by hand on tiny inputs.
@@ -33,8 +34,21 @@ class RetrievalResult:
     chance_at_1: float | None
     chance_at_1_percent: float | None
     top1: np.ndarray = field(repr=False)  # (Q,) map index ranked first, -1 for uncounted queries
+    # Loop-closure view: every query's top-1 (counted or not), its score and correctness.
+    best: np.ndarray = field(repr=False, default=None)  # (Q,) map index ranked first, -1 without allowed entries
+    best_score: np.ndarray = field(repr=False, default=None)  # (Q,) its score, -inf without allowed entries
+    best_correct: np.ndarray = field(repr=False, default=None)  # (Q,) bool
+    has_revisit: np.ndarray = field(repr=False, default=None)  # (Q,) bool: an allowed correct entry exists
+    chance_correct: np.ndarray = field(repr=False, default=None)  # (Q,) P(random allowed entry is correct)
+    loop_closure: "LoopClosureResult | None" = field(repr=False, default=None)
+
+    def verify(self, accepted: np.ndarray | None, verify: str, pose_error: np.ndarray | None = None) -> None:
+        """Loop-closure figures with a verifier's decisions (`accepted` (Q,), None: no verification)."""
+        self.loop_closure = loop_closure_metrics(self.best_score, self.best_correct, self.has_revisit, accepted,
+                                                 verify, self.chance_correct, pose_error)
 
     def to_dict(self) -> dict:
+        loop_closure = self.loop_closure.to_dict() if self.loop_closure is not None else {}
         return {
             "protocol": self.protocol,
             "num_queries": self.num_queries,
@@ -45,7 +59,32 @@ class RetrievalResult:
             "chance@1": self.chance_at_1,
             "chance@1%": self.chance_at_1_percent,
             "recall_curve": [float(r) for r in self.recall_curve],
+            **loop_closure,
         }
+
+
+def recall(hits, counted=None) -> float | None:
+    """Fraction of the counted queries (all when `counted` is None) that have a hit; None when none counts."""
+    hits = np.asarray(hits, bool)
+    if counted is not None:
+        hits = hits[np.asarray(counted, bool)]
+    return float(hits.mean()) if len(hits) else None
+
+
+def recall_from_rankings(rankings: list[np.ndarray], correct: np.ndarray, excluded: np.ndarray | None,
+                         k_percent: int) -> dict:
+    """Recall@1 and Recall@1% of ranked map ids (one ranking per query, e.g. what a node published).
+    With `excluded` (Q, M), hidden entries are removed from each ranking and only queries with a
+    visible correct entry count (revisit)."""
+    hits1, hits_pct = [], []
+    for q, ranking in enumerate(rankings):
+        if excluded is not None:
+            if not (correct[q] & ~excluded[q]).any():
+                continue
+            ranking = ranking[~excluded[q][ranking]]
+        hits1.append(bool(len(ranking) and correct[q, ranking[0]]))
+        hits_pct.append(bool(correct[q, ranking[:k_percent]].any()))
+    return {"queries": len(hits1), "recall@1": recall(hits1), "recall@1%": recall(hits_pct), "k_1_percent": k_percent}
 
 
 def _chance(correct: np.ndarray, allowed: np.ndarray, k: int) -> float:
@@ -95,10 +134,17 @@ def evaluate_retrieval(
     hit_rank = np.where(hits.any(1), hits.argmax(1), depth)  # first correct position
     hit_rank = hit_rank[counted]
 
+    reachable = correct & allowed
+    best = np.where(allowed.any(1), ranked[:, 0], -1)
+    rows = np.arange(len(best))
+    best_score = np.where(best >= 0, scores[rows, np.maximum(best, 0)], -np.inf)
+    best_correct = (best >= 0) & reachable[rows, np.maximum(best, 0)]
+    chance_correct = reachable.sum(1) / np.maximum(allowed.sum(1), 1)
+
     n_counted = int(counted.sum())
     curve = np.array([(hit_rank < n).mean() if n_counted else 0.0 for n in range(1, depth + 1)])
     top1 = np.where(counted, ranked[:, 0], -1)
-    return RetrievalResult(
+    result = RetrievalResult(
         protocol=protocol,
         num_queries=n_counted,
         num_map_entries=int(m.shape[0]),
@@ -109,7 +155,14 @@ def evaluate_retrieval(
         chance_at_1=_chance(correct[counted], allowed[counted], 1) if n_counted else None,
         chance_at_1_percent=_chance(correct[counted], allowed[counted], k_pct) if n_counted else None,
         top1=top1,
+        best=best,
+        best_score=best_score,
+        best_correct=best_correct,
+        has_revisit=reachable.any(1),
+        chance_correct=chance_correct,
     )
+    result.verify(None, "none")
+    return result
 
 
 def evaluate_protocols(
@@ -136,3 +189,187 @@ def evaluate_protocols(
             query_descriptors, map_descriptors, correct, excluded, protocol=protocol, max_n=max_n
         )
     return results
+
+
+# ---------------------------------------------------------------- loop closure (precision first)
+# As loop-closure papers define it (Scan Context, OverlapTransformer): every query proposes its top-1
+# match with a score; a threshold (or a verifier) accepts it or not. True positive = accepted and
+# correct (within the radius); precision = TP / accepted; recall = TP / queries that have a true
+# revisit in the (exclusion-filtered) map. A query without a revisit can only add false positives.
+
+
+@dataclass
+class PRCurve:
+    """Precision and recall when accepting top-1 matches with score >= thresholds[i] (descending).
+    Tied scores form one threshold: they are accepted together."""
+
+    thresholds: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    num_positives: int  # recall's denominator; 0 leaves recall undefined (NaN)
+
+    @classmethod
+    def from_dict(cls, data: dict, num_positives: int) -> "PRCurve":
+        return cls(*(np.array(data[k], np.float64) for k in ("thresholds", "precision", "recall")), num_positives)
+
+    def to_dict(self) -> dict:
+        return {"thresholds": _floats(self.thresholds), "precision": _floats(self.precision),
+                "recall": _floats(self.recall)}
+
+
+def precision_recall_curve(scores: np.ndarray, correct: np.ndarray, num_positives: int) -> PRCurve:
+    """PR curve over a score threshold. `scores` (Q,) of the top-1 matches (NaN / -inf = never accepted:
+    no match, or rejected by a verifier), `correct` (Q,) whether each is within the radius."""
+    scores = np.asarray(scores, np.float64)
+    correct = np.asarray(correct, bool)
+    valid = np.isfinite(scores)
+    scores, correct = scores[valid], correct[valid]
+    order = np.argsort(-scores, kind="stable")
+    scores, correct = scores[order], correct[order]
+    last_of_level = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if len(scores) else np.zeros(0, int)
+    tp = np.cumsum(correct)[last_of_level].astype(np.float64)
+    accepted = last_of_level + 1.0
+    recall = tp / num_positives if num_positives else np.full(len(tp), np.nan)
+    return PRCurve(scores[last_of_level], tp / accepted, recall, num_positives)
+
+
+def max_f1(curve: PRCurve) -> float | None:
+    """Best F1 over the thresholds (0 when nothing correct is ever accepted; None without positives)."""
+    if not curve.num_positives:
+        return None
+    p, r = curve.precision, curve.recall
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return float(f1.max()) if len(f1) else 0.0
+
+
+def recall_at_100p(curve: PRCurve) -> float | None:
+    """Highest recall at a threshold that accepts no false positive (0 when the best match is wrong)."""
+    return recall_at_precision(curve, 1.0)
+
+
+def recall_at_precision(curve: PRCurve, precision: float) -> float | None:
+    """Highest recall at a threshold whose precision is at least `precision` (0 when none is)."""
+    if not curve.num_positives:
+        return None
+    good = curve.precision >= precision
+    return float(curve.recall[good].max()) if good.any() else 0.0
+
+
+def average_precision(curve: PRCurve) -> float | None:
+    """Area under the PR curve as a step function: sum over thresholds of (R_k - R_{k-1}) * P_k."""
+    if not curve.num_positives:
+        return None
+    gains = np.diff(np.r_[0.0, curve.recall])
+    return float((gains * curve.precision).sum())
+
+
+def pose_errors(estimated: np.ndarray, truth: np.ndarray, axes=None) -> np.ndarray:
+    """(Q, 2) position error (m, on the ground `axes`) and rotation error (deg) of paired (Q,4,4) poses."""
+    estimated, truth = np.asarray(estimated, np.float64), np.asarray(truth, np.float64)
+    axes = list(axes) if axes is not None else [0, 1, 2]
+    position = np.linalg.norm(estimated[:, axes, 3] - truth[:, axes, 3], axis=1)
+    relative = np.einsum("qji,qjk->qik", estimated[:, :3, :3], truth[:, :3, :3])
+    cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    return np.column_stack([position, np.degrees(np.arccos(cos))])
+
+
+# The headline keys every loop-closure report (eval, localize, bag eval) carries at its top level.
+LOOP_CLOSURE_KEYS = ("max_f1", "recall_at_100p", "average_precision", "chance_max_f1", "chance_average_precision",
+                     "verify", "verified_precision", "verified_recall", "unverified_precision", "unverified_recall",
+                     "pose_error_m_p50", "pose_error_deg_p50")
+
+
+@dataclass
+class LoopClosureResult:
+    """Loop-closure figures of one evaluation, each beside its baseline: `unverified_*` (every top-1
+    accepted) for the verified figures, `chance_*` (a random map entry with a random score) for the
+    score-threshold figures."""
+
+    num_queries: int
+    num_positives: int  # queries with a true revisit in the exclusion-filtered map
+    curve: PRCurve  # retrieval score threshold, no verification
+    verify: str  # verifier that produced `accepted` ("none": nothing verified)
+    verified_curve: PRCurve | None  # score threshold over the verified matches
+    verified_accepted: int | None
+    verified_precision: float | None
+    verified_recall: float | None
+    unverified_precision: float | None
+    unverified_recall: float | None
+    chance_precision: float | None
+    chance_recall: float | None
+    pose_error_m_p50: float | None
+    pose_error_deg_p50: float | None
+
+    def to_dict(self) -> dict:
+        p, r = self.chance_precision, self.chance_recall
+        known = p is not None and r is not None
+        return {
+            "max_f1": max_f1(self.curve),
+            "recall_at_100p": recall_at_100p(self.curve),
+            "average_precision": average_precision(self.curve),
+            # A random pick at constant expected precision p up to recall r: F1 = 2pr/(p+r), AP = p*r.
+            "chance_max_f1": (2 * p * r / (p + r) if p + r > 0 else 0.0) if known else None,
+            "chance_average_precision": p * r if known else None,
+            "chance_precision": self.chance_precision,
+            "verify": self.verify,
+            "verified_precision": self.verified_precision,
+            "verified_recall": self.verified_recall,
+            "verified_accepted": self.verified_accepted,
+            # The verified matches thresholded by score as well: the recall kept at >= 99 % precision.
+            "verified_recall_at_99p": None if self.verified_curve is None else recall_at_precision(self.verified_curve, 0.99),
+            "unverified_precision": self.unverified_precision,
+            "unverified_recall": self.unverified_recall,
+            "pose_error_m_p50": self.pose_error_m_p50,
+            "pose_error_deg_p50": self.pose_error_deg_p50,
+            "lc_queries": self.num_queries,
+            "lc_positives": self.num_positives,
+            "pr_curve": self.curve.to_dict(),
+            "verified_pr_curve": None if self.verified_curve is None else self.verified_curve.to_dict(),
+        }
+
+
+def loop_closure_metrics(scores: np.ndarray, correct: np.ndarray, has_revisit: np.ndarray,
+                         accepted: np.ndarray | None = None, verify: str = "none",
+                         chance_correct: np.ndarray | None = None,
+                         pose_error: np.ndarray | None = None) -> LoopClosureResult:
+    """Loop-closure figures of Q queries' top-1 matches (see the section comment).
+
+    `scores` (Q,): top-1 score (NaN or -inf: the query got no match); `correct` (Q,): the top-1 is
+    within the radius; `has_revisit` (Q,): the map holds the place outside the exclusion window.
+    `accepted` (Q,): a verifier's decision (None: no verification). `chance_correct` (Q,): the
+    probability that a random allowed map entry is correct, for the chance baseline. `pose_error`
+    (Q, 2): metres and degrees of the output pose against ground truth; medians over verified matches.
+    """
+    scores = np.asarray(scores, np.float64)
+    correct, has_revisit = np.asarray(correct, bool), np.asarray(has_revisit, bool)
+    answered = np.isfinite(scores)
+    positives = int(has_revisit.sum())
+    unverified_p, unverified_r = _precision_recall(answered, correct, positives)
+    verified = dict(verified_curve=None, verified_accepted=None, verified_precision=None, verified_recall=None,
+                    pose_error_m_p50=None, pose_error_deg_p50=None)
+    if accepted is not None:
+        accepted = np.asarray(accepted, bool) & answered
+        precision, recall = _precision_recall(accepted, correct, positives)
+        errors = np.asarray(pose_error, np.float64)[accepted] if pose_error is not None else np.zeros((0, 2))
+        verified = dict(verified_curve=precision_recall_curve(np.where(accepted, scores, np.nan), correct, positives),
+                        verified_accepted=int(accepted.sum()), verified_precision=precision, verified_recall=recall,
+                        pose_error_m_p50=float(np.median(errors[:, 0])) if len(errors) else None,
+                        pose_error_deg_p50=float(np.median(errors[:, 1])) if len(errors) else None)
+    chance_p = chance_r = None
+    if chance_correct is not None and answered.any():
+        expected_tp = float(np.asarray(chance_correct, np.float64)[answered].sum())
+        chance_p = expected_tp / int(answered.sum())
+        chance_r = expected_tp / positives if positives else None
+    return LoopClosureResult(len(scores), positives, precision_recall_curve(scores, correct, positives), verify,
+                             chance_precision=chance_p, chance_recall=chance_r, unverified_precision=unverified_p,
+                             unverified_recall=unverified_r, **verified)
+
+
+def _precision_recall(accepted: np.ndarray, correct: np.ndarray, positives: int) -> tuple[float | None, float | None]:
+    tp = int((accepted & correct).sum())
+    count = int(accepted.sum())
+    return (tp / count if count else None), (tp / positives if positives else None)
+
+
+def _floats(values: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]

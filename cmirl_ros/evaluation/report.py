@@ -88,3 +88,34 @@ def plot_recall_curves(curves: dict[str, list[float]], path: str | Path, title: 
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def pr_plot_path(json_path: str | Path) -> Path:
+    """Where the precision-recall PNG of a JSON report goes: beside it, `NAME_pr.png`."""
+    json_path = Path(json_path)
+    return json_path.with_name(json_path.stem + "_pr.png")
+
+
+def plot_pr_curves(curves: dict, path: str | Path, title: str = "") -> None:
+    """Loop-closure precision against recall (`PRCurve`s, one line per label), written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for label, curve in curves.items():
+        if curve is not None and len(curve.recall) and curve.num_positives:
+            ax.step(100.0 * curve.recall, 100.0 * curve.precision, where="post", marker=".", label=label)
+    ax.set_xlabel("recall (% of queries with a true revisit)")
+    ax.set_ylabel("precision (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

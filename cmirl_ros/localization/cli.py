@@ -10,6 +10,7 @@ HELP = "localize a dataset's frames against a map database; writes matches and r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cmirl_ros.datasets import add_dataset_args
+    from cmirl_ros.localization.sequence import add_verify_arguments
 
     parser.add_argument("--map", type=Path, required=True, help="map directory (cmirl map build)")
     add_dataset_args(parser)
@@ -23,13 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
-    parser.add_argument("--json", type=Path, default=None, help="write per-query matches and the summary here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write per-query matches and the summary here (and the loop-closure PR curve, NAME_pr.png)")
+    add_verify_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cmirl_ros.datasets import open_dataset
+    from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
+    from cmirl_ros.evaluation.report import plot_pr_curves, pr_plot_path
     from cmirl_ros.localization import Localizer, LocalizerConfig
     from cmirl_ros.mapdb import MapDatabase
     from cmirl_ros.mapdb.validate import read_manifest
@@ -55,13 +60,18 @@ def run(args: argparse.Namespace) -> int:
         result = localizer.localize(frame.image, frame.points if args.with_scan else None, frame.stamp, frame.calib)
         queries.append(_query_record(frame, result, mapdb.keyframes, map_poses, dataset, args))
     summary = summarize(queries, args.top_k)
+    loop_closure = loop_closure_of(queries, dataset.ground_axes, args)
+    summary.update({key: loop_closure.to_dict()[key] for key in LOOP_CLOSURE_KEYS})
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {"map": str(args.map), "model": model_fingerprint(model), "dataset": dataset.name,
                   "config": config.to_dict(), "radius_m": args.radius, "with_scan": args.with_scan,
-                  "summary": summary, "queries": queries}
+                  "summary": summary, "loop_closure": loop_closure.to_dict(), "queries": queries}
         args.json.write_text(json.dumps(report, indent=1, default=_json_number) + "\n")
+        plot_pr_curves({"retrieval (score threshold)": loop_closure.curve,
+                        f"verified ({args.verify})": loop_closure.verified_curve}, pr_plot_path(args.json),
+                       title=f"{dataset.name}: loop closures, radius {args.radius} m")
         print(f"wrote {args.json}")
     return 0
 
@@ -71,13 +81,16 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     holds the place at all once the exclusion window is applied (only those queries count)."""
     import numpy as np
 
+    from cmirl_ros.evaluation.metrics import pose_errors
     from cmirl_ros.geometry.poses import place_distances
 
     distances = place_distances(frame.T_world_cam[None], map_poses, dataset.ground_axes)[0]
-    reachable = distances < args.radius
+    allowed = np.ones(len(distances), bool)
     if args.exclude_seconds > 0:
-        reachable &= ~((np.abs(kf.stamps - frame.stamp) <= args.exclude_seconds) & (kf.sessions == dataset.name))
+        allowed = ~((np.abs(kf.stamps - frame.stamp) <= args.exclude_seconds) & (kf.sessions == dataset.name))
+    reachable = (distances < args.radius) & allowed
     hits = [bool(distances[m.keyframe_id] < args.radius) for m in result.matches]
+    best = result.matches[0] if result.matches else None
     return {
         "index": frame.index, "name": frame.name, "stamp": frame.stamp,
         "position": frame.T_world_cam[:3, 3].tolist(),
@@ -86,23 +99,53 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
         "counted": bool(reachable.any()),
         "correct_top1": bool(hits[:1] == [True]),
         "correct_topk": any(hits),
+        "chance_correct": float(reachable.sum() / max(allowed.sum(), 1)),
+        "pose_error": None if best is None else pose_errors(best.T_world_cam[None], frame.T_world_cam[None],
+                                                            dataset.ground_axes)[0].tolist(),
         "timings_ms": result.timings_ms,
     }
+
+
+def loop_closure_of(queries: list[dict], axes, args):
+    """Loop-closure figures of the queries' top-1 matches, with `--verify sequence` when asked (the
+    matched keyframe's pose is the output pose: nothing refines it on this path)."""
+    import numpy as np
+
+    from cmirl_ros.evaluation.metrics import loop_closure_metrics
+    from cmirl_ros.localization.sequence import config_from_args, verify_sequence
+
+    scores = np.array([q["matches"][0]["score"] if q["matches"] else -np.inf for q in queries])
+    accepted = None
+    if args.verify == "sequence":
+        has_match = np.array([bool(q["matches"]) for q in queries], bool)
+        matched = np.array([q["matches"][0]["position"] if q["matches"] else [0.0] * 3 for q in queries]).reshape(-1, 3)
+        odometry = np.array([q["position"] for q in queries]).reshape(-1, 3) if args.sequence_odometry else None
+        accepted = verify_sequence(np.array([q["stamp"] for q in queries]), matched, has_match, odometry,
+                                   config_from_args(args), axes)
+    errors = np.array([q["pose_error"] or [np.nan, np.nan] for q in queries]).reshape(-1, 2)
+    return loop_closure_metrics(scores, [q["correct_top1"] for q in queries], [q["counted"] for q in queries],
+                                accepted, args.verify, [q["chance_correct"] for q in queries], errors)
 
 
 def summarize(queries: list[dict], top_k: int) -> dict:
     import numpy as np
 
-    counted = [q for q in queries if q["counted"]]
+    from cmirl_ros.evaluation.metrics import recall
+
+    counted = [q["counted"] for q in queries]
     timings = {stage: round(float(np.median([q["timings_ms"][stage] for q in queries])), 3)
                for stage in ("preprocess", "encode", "search")} if queries else {}
     return {
         "queries": len(queries),
-        "counted_queries": len(counted),
-        "recall@1": round(float(np.mean([q["correct_top1"] for q in counted])), 4) if counted else None,
-        f"recall@{top_k}": round(float(np.mean([q["correct_topk"] for q in counted])), 4) if counted else None,
+        "counted_queries": int(sum(counted)),
+        "recall@1": _rounded(recall([q["correct_top1"] for q in queries], counted)),
+        f"recall@{top_k}": _rounded(recall([q["correct_topk"] for q in queries], counted)),
         "median_ms": timings,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _json_number(value):

@@ -1,8 +1,8 @@
 """The localizer core shared by the ROS node and the offline tools: image (+ scan) -> map matches.
 
-Query side of the shared descriptor space: the image goes through `Preprocessing.image`; a live
-scan, when given with its calibration, is projected into the same virtual camera
-(`Preprocessing.sparse_depth`) and fused with the image by the model. The descriptor is searched
+Query side of the shared descriptor space: the image, and a live scan when given with its
+calibration, become model inputs and a descriptor through the `Describer` (the same path as map
+building), and the model fuses them. The descriptor is searched
 in the map, keyframes within `exclude_seconds` of the query stamp are dropped (self-match guard),
 the top candidates are optionally re-ranked, and those under `score_threshold` are dropped.
 
@@ -88,6 +88,7 @@ class Localizer:
         self.model = model
         self.config = config or LocalizerConfig()
         self._fingerprint = _fingerprint(model) if (check_model and model is not None) else None
+        self._describer = _describer(model) if model is not None else None
         self._check_map(mapdb)
         self.mapdb = mapdb
         self._lock = threading.Lock()
@@ -115,8 +116,6 @@ class Localizer:
     def localize(self, image: np.ndarray | None = None, points: np.ndarray | None = None, stamp: float = 0.0,
                  calib=None) -> LocalizationResult:
         """Image (H,W,3) uint8 RGB and/or scan (N,4) in the range-sensor frame (needs `calib`) -> matches."""
-        import torch
-
         if points is not None and calib is None:
             raise ValueError("a scan needs the calibration that projects it into the camera")
         if image is None and points is None:
@@ -125,19 +124,14 @@ class Localizer:
             raise ValueError("this Localizer has no model; use localize_descriptor")
         with self._lock:
             start = time.perf_counter()
-            pre = self.model.preprocessing
-            image_t = torch.from_numpy(pre.image(image))[None] if image is not None else None
-            depth, coverage = None, None
-            if points is not None:
-                depth = pre.sparse_depth(points, calib)
-                coverage = float(np.count_nonzero(depth)) / depth.size
-                if image is not None and coverage < self.config.min_scan_coverage:
-                    depth = None
-            depth_t = torch.from_numpy(depth)[None] if depth is not None else None
-            device = next(self.model.parameters()).device
+            image_t, depth_t = self._describer.inputs(image, points, calib)
+            coverage = None
+            if depth_t is not None:
+                coverage = float((depth_t != 0).float().mean())
+                if image_t is not None and coverage < self.config.min_scan_coverage:
+                    depth_t = None  # the scan misses the image: answer from the image alone
             preprocessed = time.perf_counter()
-            query = self._encode(None if image_t is None else image_t.to(device),
-                                 None if depth_t is None else depth_t.to(device), device)
+            query = self._encode(image_t, depth_t)
             encoded = time.perf_counter()
             result = self._search(query, stamp)
         result.timings_ms = {"preprocess": (preprocessed - start) * 1e3, "encode": (encoded - preprocessed) * 1e3,
@@ -151,20 +145,13 @@ class Localizer:
         with self._lock:
             return self._search(EncodedQuery(np.asarray(descriptor, dtype=np.float32).reshape(-1)), stamp)
 
-    def _encode(self, image, depth, device) -> EncodedQuery:
-        import torch
-
-        from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
-        from cmirl_ros.models.inference import autocast_for
-
-        # Same numerics as map building (`describe`): fp16 autocast on CUDA, fp32 on CPU.
-        with torch.inference_mode(), autocast_for(device):
-            if self.config.rerank not in NEEDS_TOKENS:
-                return EncodedQuery(self.model(image=image, depth=depth)[0].float().cpu().numpy())
-            grid = self.mapdb.manifest.get("tokens", {}).get("grid", [4, 16])
-            with capture_local_features(self.model) as features:
-                descriptor = self.model(image=image, depth=depth)[0].float().cpu().numpy()
-            return EncodedQuery(descriptor, pool_tokens(features[0], tuple(grid))[0])
+    def _encode(self, image, depth) -> EncodedQuery:
+        """The query's descriptor, and its local tokens when the reranker compares tokens."""
+        grid = None
+        if self.config.rerank in NEEDS_TOKENS:
+            grid = tuple(self.mapdb.manifest.get("tokens", {}).get("grid", [4, 16]))
+        described = self._describer.describe(image, depth, batch_size=1, progress=False, tokens_grid=grid)
+        return EncodedQuery(described.descriptors[0], None if described.tokens is None else described.tokens[0])
 
     def _search(self, query: EncodedQuery, stamp: float) -> LocalizationResult:
         cfg, mapdb, descriptor = self.config, self.mapdb, query.descriptor
@@ -189,6 +176,12 @@ class Localizer:
                                           cfg.rotation_floor_deg)
         elapsed = (time.perf_counter() - start) * 1e3
         return LocalizationResult(float(stamp), matches, covariance, {"search": elapsed}, descriptor)
+
+
+def _describer(model):
+    from cmirl_ros.models import Describer
+
+    return Describer(model)
 
 
 def _fingerprint(model) -> str:

@@ -1,9 +1,8 @@
 """Build a map database from a dataset: keyframe selection, then one depth descriptor per keyframe.
 
 Map side of the shared descriptor space: the keyframe's scan is FoV-projected into the model's
-virtual query camera (`Preprocessing.sparse_depth`) and encoded with `model(depth=...)`; no image
-is used, so maps can be built from LiDAR-only runs. The stored pose is the camera pose
-T_world_cam of that frame (the query camera the scan was projected into).
+virtual query camera and encoded by the `Describer` (depth only); no image is used, so maps can be
+built from LiDAR-only runs. The stored pose is the camera pose T_world_cam of that frame (the query camera the scan was projected into).
 """
 from __future__ import annotations
 
@@ -22,37 +21,23 @@ def build_map(dataset, model, keyframe_distance: float = 0.0, keyframe_angle: fl
     rows = select_keyframes(dataset.poses, keyframe_distance, keyframe_angle, dataset.ground_axes)
     if len(rows) == 0:
         raise ValueError(f"dataset {dataset.name}: no frames to build a map from")
-    descriptors = np.empty((len(rows), model.descriptor_dim), np.float32)
-    names, tokens = [], []
+    from cmirl_ros.models import Describer
+
+    describer = Describer(model)
+    descriptors, tokens, names = [], [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=f"map {dataset.name}", unit="batch", disable=not progress):
-        chunk = rows[start : start + batch_size]
-        depths = []
-        for row in chunk:
-            frame = dataset[int(row)]
-            if frame.points is None:
-                raise ValueError(f"dataset {dataset.name}: frame {frame.name} has no scan; a map needs range data")
-            depths.append(model.preprocessing.sparse_depth(frame.points, frame.calib))
-            names.append(frame.name)
-        descriptors[start : start + len(chunk)], chunk_tokens = encode_depths(model, np.stack(depths), tokens_grid)
-        tokens.append(chunk_tokens)
+        frames = [dataset[int(row)] for row in rows[start : start + batch_size]]
+        described = describer.frames(frames, use_image=False, use_scan=True, purpose="a map (range data)",
+                                     dataset=dataset.name, tokens_grid=tokens_grid)
+        descriptors.append(described.descriptors)
+        tokens.append(described.tokens)
+        names += [frame.name for frame in frames]
     keyframes = Keyframes.from_poses(dataset.poses[rows], dataset.stamps[rows], dataset.name, names, frame_id)
     manifest = map_manifest(model, dataset, keyframe_distance, keyframe_angle)
     if tokens_grid:
         manifest["tokens"] = {"grid": list(tokens_grid), "source": "fused local features of the depth path"}
-    return MapDatabase(descriptors, keyframes, manifest, index_config=index_config,
+    return MapDatabase(np.concatenate(descriptors), keyframes, manifest, index_config=index_config,
                        tokens=np.concatenate(tokens) if tokens_grid else None)
-
-
-def encode_depths(model, depths: np.ndarray, tokens_grid: tuple[int, int] | None = None):
-    """(descriptors (B, D), pooled local tokens (B, T, C) or None) of a batch of sparse depth maps."""
-    from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
-    from cmirl_ros.models import describe
-
-    if not tokens_grid:
-        return describe(model, depths=depths, batch_size=len(depths), progress=False), None
-    with capture_local_features(model) as features:
-        descriptors = describe(model, depths=depths, batch_size=len(depths), progress=False)
-    return descriptors, pool_tokens(features[0], tokens_grid)
 
 
 def model_record(model) -> dict:

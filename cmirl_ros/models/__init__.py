@@ -16,15 +16,19 @@ from cmirl_ros.models.checkpoint import (
 )
 from cmirl_ros.models.encoders import ENCODERS
 from cmirl_ros.models.fusion import FUSIONS
-from cmirl_ros.models.inference import describe, resolve_device
+from cmirl_ros.models.describer import Describer, Description, FrameTensors, describe
+from cmirl_ros.models.inference import resolve_device
 from cmirl_ros.models.place_model import PlaceModel, build_model, load_model_config
 
 __all__ = [
     "AGGREGATIONS",
     "ALIGNMENTS",
     "BACKBONES",
+    "Describer",
+    "Description",
     "ENCODERS",
     "FUSIONS",
+    "FrameTensors",
     "ModelFormatError",
     "PlaceModel",
     "build_model",

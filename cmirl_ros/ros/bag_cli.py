@@ -100,7 +100,19 @@ def _run_eval(args) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+        plot_loop_closure(result, args.json)
     return 0
+
+
+def plot_loop_closure(result: dict, json_path: Path) -> None:
+    """The PR curve of the published loop closures, beside the JSON (`NAME_pr.png`)."""
+    from cmirl_ros.evaluation.metrics import PRCurve
+    from cmirl_ros.evaluation.report import plot_pr_curves, pr_plot_path
+
+    loop_closure = result["loop_closure"]
+    curve = PRCurve.from_dict(loop_closure["pr_curve"], loop_closure["lc_positives"])
+    plot_pr_curves({"published top-1 (score threshold)": curve}, pr_plot_path(json_path),
+                   title=f"bag eval: loop closures, radius {result['radius_m']} m")
 
 
 def format_result(result: dict) -> str:
@@ -114,4 +126,8 @@ def format_result(result: dict) -> str:
     for name, protocol in result["protocols"].items():
         lines.append(f"{name:8s} Recall@1 {pct(protocol['recall@1'])}  Recall@1% (top {protocol['k_1_percent']}) "
                      f"{pct(protocol['recall@1%'])}  over {protocol['queries']} queries")
+    lc = result["loop_closure"]
+    lines.append(f"loop closures: max F1 {pct(lc['max_f1'])} (chance {pct(lc['chance_max_f1'])}), recall at 100% "
+                 f"precision {pct(lc['recall_at_100p'])}, AP {pct(lc['average_precision'])} "
+                 f"(chance {pct(lc['chance_average_precision'])}), precision of all {pct(lc['unverified_precision'])}")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """`cmirl bag eval`: the node, live, against a bag's ground truth.
 
 Starts a recorder process and the localizer node process, replays the bag into the graph, then
-scores what the node published: answered fraction, latency, and Recall@1 / Recall@1% under both
+scores what the node published: answered fraction, latency, loop-closure precision / recall of its
+top-1 matches over their published score (`loop_closure`), and Recall@1 / Recall@1% under both
 protocols (paper: every keyframe counts; revisit: keyframes within `exclude_seconds` of the query
 are hidden and only queries that truly revisit a mapped place count). The node runs without its
 own exclusion and publishes the whole ranked map as candidates, so one replay gives both.
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cmirl_ros.datasets.bag import BagSequence, typestore
+from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
 from cmirl_ros.ros.processes import start_localizer, start_recorder
 from cmirl_ros.topics import BAG_TOPICS
 
@@ -50,7 +52,7 @@ class Recorded:
     stamps: np.ndarray  # (Q,) query stamps (s)
     frame_ids: list[str]
     candidates: list[np.ndarray]  # per query: (k, 3) candidate positions, best first
-    loop_closures: np.ndarray  # (L, 2)
+    loop_closures: np.ndarray  # (L, 3): query stamp, matched keyframe stamp, score
     receive_times: np.ndarray  # (Q,) wall time the match arrived at the recorder (s)
     diagnostics: list[dict]
 
@@ -75,11 +77,12 @@ def read_recording(path: Path) -> Recorded:
                 for status in msg.status:
                     diagnostics.append({kv.key: kv.value for kv in status.values})
     keys = sorted(k for k in matches if k in candidates)
+    loop_closures = np.array(loops).reshape(len(loops), -1) if loops else np.zeros((0, 3))
     return Recorded(
         stamps=np.array([matches[k][0] for k in keys]),
         frame_ids=[matches[k][1] for k in keys],
         candidates=[candidates[k] for k in keys],
-        loop_closures=np.array(loops).reshape(-1, 2),
+        loop_closures=loop_closures,
         receive_times=np.array([matches[k][2] for k in keys]),
         diagnostics=diagnostics,
     )
@@ -106,25 +109,19 @@ def candidate_ids(candidates: np.ndarray, keyframe_positions: np.ndarray) -> np.
     return d.argmin(axis=1)
 
 
-def recall_from_rankings(rankings: list[np.ndarray], correct: np.ndarray, excluded: np.ndarray | None,
-                         k_percent: int) -> dict:
-    """Recall@1 and Recall@1% of ranked keyframe ids. With `excluded` (Q, M), hidden keyframes are
-    removed from each ranking and only queries with a visible correct keyframe count (revisit)."""
-    hits1, hits_pct, counted = [], [], 0
-    for q, ranking in enumerate(rankings):
-        if excluded is not None:
-            if not (correct[q] & ~excluded[q]).any():
-                continue
-            ranking = ranking[~excluded[q][ranking]]
-        counted += 1
-        hits1.append(bool(len(ranking) and correct[q, ranking[0]]))
-        hits_pct.append(bool(correct[q, ranking[:k_percent]].any()))
-    return {"queries": counted, "recall@1": float(np.mean(hits1)) if counted else None,
-            "recall@1%": float(np.mean(hits_pct)) if counted else None, "k_1_percent": k_percent}
+def top1_scores(recorded: Recorded) -> np.ndarray:
+    """(Q,) the score the node published with each answered query's loop closure (NaN where none)."""
+    scores = np.full(len(recorded.stamps), np.nan)
+    if recorded.loop_closures.shape[1] >= 3:
+        found = nearest_stamps(recorded.stamps, recorded.loop_closures[:, 0])
+        scores[found >= 0] = recorded.loop_closures[found[found >= 0], 2]
+    return scores
 
 
 def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_seconds: float) -> dict:
-    from cmirl_ros.evaluation.metrics import top1_percent_k
+    """Recall of both protocols from the published rankings, and the loop-closure figures of what the
+    node published (its top-1 and score, under the node's own exclusion: none in a replay)."""
+    from cmirl_ros.evaluation.metrics import loop_closure_metrics, recall_from_rankings, top1_percent_k
     from cmirl_ros.geometry import place_distances, time_exclusion
 
     frame_of = nearest_stamps(recorded.stamps, bag.stamps)
@@ -139,16 +136,19 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     excluded = time_exclusion(recorded.stamps[known], mapdb.keyframes.stamps, exclude_seconds)
     k_pct = top1_percent_k(len(mapdb))
     top1 = np.array([r[0] for r in rankings], dtype=np.int64)
+    top1_correct = correct[np.arange(len(top1)), top1] if len(top1) else np.zeros(0, bool)
     per_query = {
         "stamps": recorded.stamps[known].tolist(),
         "true_positions": query_poses[:, :3, 3].tolist(),
         "match_positions": positions[top1].tolist() if len(top1) else [],
-        "correct": correct[np.arange(len(top1)), top1].tolist() if len(top1) else [],
+        "correct": top1_correct.tolist(),
     }
+    loop_closure = loop_closure_metrics(top1_scores(recorded)[known], top1_correct, correct.any(1),
+                                        chance_correct=correct.mean(1) if len(positions) else None)
     return {
         "paper": recall_from_rankings(rankings, correct, None, k_pct),
         "revisit": recall_from_rankings(rankings, correct, excluded, k_pct),
-    }, per_query
+    }, loop_closure, per_query
 
 
 def latency_summary(recorded: Recorded) -> dict:
@@ -222,7 +222,9 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         "exclude_seconds": exclude_seconds,
         **latency_summary(recorded),
     }
-    result["protocols"], per_query = score(recorded, bag, mapdb, radius, exclude_seconds)
+    result["protocols"], loop_closure, per_query = score(recorded, bag, mapdb, radius, exclude_seconds)
+    result["loop_closure"] = loop_closure.to_dict()
+    result.update({key: result["loop_closure"][key] for key in LOOP_CLOSURE_KEYS})
     if details:
         result["per_query"] = per_query
         result["trajectory"] = bag.poses[:, :3, 3].tolist()

@@ -378,7 +378,7 @@ class LocalizerNode(LifecycleNode):
         best = matches[0]
         self._publish("match", messages.match_msg(header, best, result.covariance))
         self._publish("candidates", messages.candidates_msg(header, matches))
-        self._publish("loop_closure", messages.loop_closure_msg(query.stamp, best.stamp))
+        self._publish("loop_closure", messages.loop_closure_msg(query.stamp, best.stamp, best.score))
         self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
         self._publish("debug_image", lambda: self._debug_image(query, best))
         now = self.get_clock().now().nanoseconds * 1e-9

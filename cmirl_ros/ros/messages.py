@@ -35,11 +35,12 @@ def candidates_msg(header: Header, matches) -> PoseArray:
     return msg
 
 
-def loop_closure_msg(query_stamp: float, match_stamp: float) -> Float64MultiArray:
-    """[query stamp, matched keyframe stamp] in seconds: the LIO-SAM loop-closure convention."""
+def loop_closure_msg(query_stamp: float, match_stamp: float, score: float) -> Float64MultiArray:
+    """[query stamp, matched keyframe stamp, score]: the LIO-SAM loop-closure convention (two stamps in
+    seconds) plus the match's score (cosine similarity), so that a consumer or `bag eval` can threshold it."""
     msg = Float64MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label="stamps", size=2, stride=2)]
-    msg.data = [float(query_stamp), float(match_stamp)]
+    msg.layout.dim = [MultiArrayDimension(label="query_stamp,match_stamp,score", size=3, stride=3)]
+    msg.data = [float(query_stamp), float(match_stamp), float(score)]
     return msg
 
 

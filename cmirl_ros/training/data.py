@@ -1,8 +1,8 @@
 """Training inputs of one dataset, prepared exactly as at inference.
 
-Query side: the image through `Preprocessing.image`. Map side: the scan through
-`Preprocessing.sparse_depth` (FoV projection into the virtual query camera; the model
-densifies it, as it does at inference). Both are kept in memory at training resolution
+Query side: the image, map side: the scan (FoV projection into the virtual query camera; the
+model densifies it, as it does at inference), both made into tensors by the `Describer`'s
+`FrameTensors`, the same code as at inference. Both are kept in memory at training resolution
 after the first load, so epochs after the first cost no decoding. A perturbed cloud
 (random rigid motion before projection) needs the raw scan and is re-read from disk.
 """
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cmirl_ros.datasets import Dataset
+from cmirl_ros.models.describer import FrameTensors
 from cmirl_ros.preprocess import Preprocessing
 from cmirl_ros.training.augment import AugmentConfig, augment_image, perturb_cloud
 
@@ -21,7 +22,7 @@ class TrainingFrames:
         if len(dataset) == 0:
             raise ValueError(f"{dataset.name}: the training selection has no frames")
         self.dataset = dataset
-        self.pre = preprocessing
+        self.tensors = FrameTensors(preprocessing)
         self.augment = augment
         self.cloud_probability = cloud_probability
         self._images: dict[int, torch.Tensor] = {}
@@ -34,10 +35,8 @@ class TrainingFrames:
 
     def _load(self, i: int):
         frame = self.dataset[i]
-        if frame.image is None or frame.points is None:
-            raise ValueError(f"{self.dataset.name} frame {frame.name}: training needs both an image and a scan")
-        self._images[i] = torch.from_numpy(self.pre.image(frame.image))
-        self._depths[i] = torch.from_numpy(self.pre.sparse_depth(frame.points, frame.calib))
+        images, depths = self.tensors.frames([frame], True, True, "training", self.dataset.name)
+        self._images[i], self._depths[i] = images[0], depths[0]
         return frame
 
     def image(self, i: int) -> torch.Tensor:
@@ -61,7 +60,7 @@ class TrainingFrames:
             return self.depth(i)
         frame = self.dataset[i]
         moved = perturb_cloud(frame.points, frame.calib.T_cam_sensor, self.augment, rng)
-        return torch.from_numpy(self.pre.sparse_depth(moved, frame.calib))
+        return self.tensors.depth(moved, frame.calib)
 
 
 class StridedDataset:

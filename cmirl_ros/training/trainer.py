@@ -26,6 +26,7 @@ from torch import nn
 from cmirl_ros.atomic import atomic_write
 from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.evaluation.metrics import evaluate_retrieval
+from cmirl_ros.models.describer import Describer
 from cmirl_ros.training.data import TrainingFrames
 from cmirl_ros.training.loss import DISTANCES, distances, hardest_negatives, lazy_triplet_loss
 from cmirl_ros.training.pairs import PairRule, place_relations
@@ -192,16 +193,13 @@ class Trainer:
 
         n, bs = len(self.frames), self.settings.cache_batch_size
         mine = np.arange(self.env.rank, n, self.env.world)
-        self.model.eval()
+        describer = Describer(self.model)
         query, scan = None, None
         chunks = range(0, len(mine), bs)
         for start in tqdm(chunks, desc="descriptor cache", disable=not (progress and self.env.is_main), leave=False):
             idx = mine[start : start + bs]
-            images = torch.stack([self.frames.image(i) for i in idx]).to(self.device)
-            depths = torch.stack([self.frames.depth(i) for i in idx]).to(self.device)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                q = self.model(image=images).float()
-                m = self.model(depth=depths).float()
+            q = self._cached_descriptors(describer, images=[self.frames.image(i) for i in idx])
+            m = self._cached_descriptors(describer, depths=[self.frames.depth(i) for i in idx])
             if query is None:
                 query = torch.zeros((n, q.shape[1]), device=self.device)
                 scan = torch.zeros((n, m.shape[1]), device=self.device)
@@ -214,6 +212,10 @@ class Trainer:
         result = evaluate_retrieval(self.cache_query, self.cache_map, self.positives)
         self.cache_recall = result.recall_at_1
         _set_train_mode(self.model, self.settings.freeze_batchnorm)
+
+    def _cached_descriptors(self, describer: Describer, **inputs) -> torch.Tensor:
+        described = describer.describe(**inputs, batch_size=self.settings.cache_batch_size, progress=False)
+        return torch.from_numpy(described.descriptors).to(self.device)
 
     # ---- one step ----
     def _draw_modality(self) -> str:

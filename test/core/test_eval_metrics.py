@@ -74,3 +74,93 @@ def test_report_table_json_and_plot(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["rows"][0][1]["00"]["paper"]["recall@1"] == 1.0
     plot_recall_curves({"cmirl": res["paper"].recall_curve}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- loop closure (hand-computed)
+def test_pr_curve_max_f1_recall_at_100p_and_ap_by_hand():
+    from cmirl_ros.evaluation.metrics import (average_precision, max_f1, precision_recall_curve,
+                                              recall_at_100p)
+
+    # Query 3 has no revisit: its (wrong) top-1 can only be a false positive.
+    curve = precision_recall_curve([0.9, 0.8, 0.7, 0.6], [True, False, True, False], num_positives=3)
+    np.testing.assert_allclose(curve.thresholds, [0.9, 0.8, 0.7, 0.6])
+    np.testing.assert_allclose(curve.precision, [1, 1 / 2, 2 / 3, 1 / 2])
+    np.testing.assert_allclose(curve.recall, [1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    assert max_f1(curve) == pytest.approx(2 / 3)  # P = R = 2/3 at 0.7
+    assert recall_at_100p(curve) == pytest.approx(1 / 3)
+    assert average_precision(curve) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3)
+
+
+def test_pr_curve_ties_are_accepted_together():
+    from cmirl_ros.evaluation.metrics import average_precision, precision_recall_curve, recall_at_100p
+
+    curve = precision_recall_curve([0.9, 0.9, 0.5], [True, False, True], num_positives=3)
+    np.testing.assert_allclose(curve.thresholds, [0.9, 0.5])
+    np.testing.assert_allclose(curve.precision, [1 / 2, 2 / 3])
+    assert recall_at_100p(curve) == 0.0  # the correct 0.9 cannot be accepted without the wrong 0.9
+    assert average_precision(curve) == pytest.approx(1 / 3 * 1 / 2 + 1 / 3 * 2 / 3)
+
+
+def test_loop_closure_without_positives_and_all_correct():
+    from cmirl_ros.evaluation.metrics import loop_closure_metrics
+
+    none = loop_closure_metrics([0.5, 0.4], [False, False], [False, False]).to_dict()
+    assert none["max_f1"] is None and none["recall_at_100p"] is None and none["average_precision"] is None
+    assert none["unverified_precision"] == 0.0 and none["unverified_recall"] is None
+    assert none["verified_precision"] is None and none["verify"] == "none"
+    perfect = loop_closure_metrics([0.3, 0.2, 0.1], [True] * 3, [True] * 3).to_dict()
+    assert perfect["max_f1"] == 1.0 and perfect["recall_at_100p"] == 1.0 and perfect["average_precision"] == 1.0
+
+
+def test_verified_figures_chance_and_pose_errors():
+    from cmirl_ros.evaluation.metrics import loop_closure_metrics
+
+    scores = [0.9, 0.8, 0.7, 0.6, -np.inf]  # the last query got no match at all
+    correct = [True, False, True, False, False]
+    errors = np.array([[0.1, 1.0], [9.0, 90.0], [0.3, 3.0], [9.0, 90.0], [0.0, 0.0]])
+    lc = loop_closure_metrics(scores, correct, [True, True, True, False, True], accepted=[True, False, True, False, True],
+                              verify="sequence", chance_correct=[0.5, 0.5, 0.0, 0.0, 1.0], pose_error=errors).to_dict()
+    assert lc["verified_precision"] == 1.0 and lc["verified_recall"] == pytest.approx(2 / 4)
+    assert lc["verified_accepted"] == 2  # a query without a match is never accepted
+    assert lc["unverified_precision"] == pytest.approx(2 / 4) and lc["unverified_recall"] == pytest.approx(2 / 4)
+    assert lc["pose_error_m_p50"] == pytest.approx(0.2) and lc["pose_error_deg_p50"] == pytest.approx(2.0)
+    assert lc["chance_precision"] == pytest.approx(1 / 4)  # expected TP 1 over 4 answered queries
+    assert lc["chance_max_f1"] == pytest.approx(1 / 4) and lc["chance_average_precision"] == pytest.approx(1 / 16)
+    assert lc["verified_pr_curve"]["thresholds"] == [0.9, 0.7]
+
+
+def test_pose_errors_use_ground_axes():
+    from cmirl_ros.evaluation.metrics import pose_errors
+
+    truth = np.eye(4)[None]
+    estimate = np.eye(4)[None].copy()
+    estimate[0, :3, 3] = [3.0, 100.0, 4.0]  # y is KITTI's vertical: ignored on axes (0, 2)
+    estimate[0, :3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    np.testing.assert_allclose(pose_errors(estimate, truth, (0, 2)), [[5.0, 90.0]])
+
+
+def test_revisit_protocol_counts_false_closures_of_queries_without_revisit():
+    poses = _poses([0.0, 50.0, 100.0, 1.0])
+    stamps = np.array([0.0, 10.0, 20.0, 100.0])
+    desc = np.eye(4, dtype=np.float32)
+    desc[3] = [0.6, 0, 0, 0.8]
+    revisit = evaluate_protocols(desc, desc, poses, poses, stamps, stamps, radius=5.0, exclude_seconds=15.0)["revisit"]
+    lc = revisit.to_dict()
+    # Queries 1 and 2 have no revisit, but still propose a (wrong) top-1 with score 0 < 0.6.
+    assert list(revisit.best) == [3, 3, 0, 0] and list(revisit.has_revisit) == [True, False, False, True]
+    assert lc["max_f1"] == 1.0 and lc["recall_at_100p"] == 1.0 and lc["average_precision"] == 1.0
+    assert lc["unverified_precision"] == 0.5 and lc["unverified_recall"] == 1.0
+    assert lc["recall@1"] == 1.0  # the existing keys are unchanged
+
+
+def test_recall_from_rankings_by_hand():
+    from cmirl_ros.evaluation.metrics import recall_from_rankings
+
+    correct = np.array([[True, False, False], [False, False, True], [False, True, False]])
+    rankings = [np.array([0, 1, 2]), np.array([0, 2, 1]), np.array([2, 0, 1])]
+    paper = recall_from_rankings(rankings, correct, None, k_percent=2)
+    assert paper == {"queries": 3, "recall@1": pytest.approx(1 / 3), "recall@1%": pytest.approx(2 / 3), "k_1_percent": 2}
+    # Hide keyframe 0 from query 0 (its only match: not counted) and from query 1 (now ranks 2 first).
+    excluded = np.array([[True, False, False], [True, False, False], [False, False, False]])
+    revisit = recall_from_rankings(rankings, correct, excluded, k_percent=1)
+    assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)

@@ -120,6 +120,28 @@ def test_describe_matches_forward_in_batches(model):
         describe(model, images=images, depths=depths[:4])
 
 
+def test_describer_tokens_per_batch_and_frames_need_their_inputs(model):
+    from types import SimpleNamespace
+
+    from cmirl_ros.models import Describer
+    from cmirl_ros.mapdb.tokens import capture_local_features, pool_tokens
+
+    describer = Describer(model)
+    _, depths = _batch(3, seed=2)
+    with torch.no_grad(), capture_local_features(model) as features:
+        model(depth=depths)
+    described = describer.describe(depths=depths, batch_size=2, tokens_grid=(2, 4))  # two batches: 2 + 1
+    assert described.tokens.shape == (3, 8, described.tokens.shape[2]) and described.tokens.dtype == np.float16
+    np.testing.assert_allclose(described.tokens.astype(np.float32),
+                               pool_tokens(features[0], (2, 4)).astype(np.float32), atol=2e-3)
+    assert describer.describe(depths=depths).tokens is None
+    frame = SimpleNamespace(name="000007", image=np.zeros((32, 128, 3), np.uint8), points=None, calib=None)
+    with pytest.raises(ValueError, match="seq frame 000007: a map needs a scan"):
+        describer.frames([frame], use_image=False, use_scan=True, purpose="a map", dataset="seq")
+    with pytest.raises(ValueError, match="needs the calibration"):
+        describer.inputs(points=np.zeros((4, 4), np.float32))
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -61,9 +61,14 @@ def test_map_build_then_eval_both_protocols(trained, sevenscenes, tmp_path):
     assert main(["map", "build", "--model", str(out), *data, "--out", str(tmp_path / "map")]) == 0
     result = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--map", str(tmp_path / "map"), *data, "--stride", "10",
-                 "--radius", "0.5", "--angle", "30", "--exclude-seconds", "1", "--json", str(result)]) == 0
+                 "--radius", "0.5", "--angle", "30", "--exclude-seconds", "1", "--verify", "sequence",
+                 "--json", str(result)]) == 0
     report = json.loads(result.read_text())
     assert report["protocol"] == "paper" and report["num_queries"] == 12
+    assert report["loop_closure_protocol"] == "revisit" and report["verify"] == "sequence"
+    assert {"max_f1", "recall_at_100p", "average_precision", "verified_precision", "verified_recall",
+            "pose_error_m_p50", "pose_error_deg_p50"} <= set(report)
+    assert (tmp_path / "eval_pr.png").read_bytes()[:4] == b"\x89PNG"
     assert 0.0 <= report["recall@1"] <= report["recall@1%"] <= 1.0
     metrics = report["rows"][0]["results"]["rgbd-7scenes-redkitchen-seq01-frames0000-0599"]
     assert set(metrics) == {"paper", "revisit"}

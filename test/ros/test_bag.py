@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmirl_ros.datasets.bag import BagSequence, interpolate_poses, resolve_bag_path
-from cmirl_ros.ros.bag_eval import nearest_stamps, recall_from_rankings
+from cmirl_ros.ros.bag_eval import nearest_stamps
 
 
 def test_bag_from_kitti_round_trips_every_frame(sim_root, sim_bag):
@@ -90,17 +90,6 @@ def test_nearest_stamps_tolerates_float_error_of_epoch_seconds():
     np.testing.assert_array_equal(nearest_stamps(np.array([0.5]), np.array([])), [-1])
 
 
-def test_recall_from_rankings_by_hand():
-    correct = np.array([[True, False, False], [False, False, True], [False, True, False]])
-    rankings = [np.array([0, 1, 2]), np.array([0, 2, 1]), np.array([2, 0, 1])]
-    paper = recall_from_rankings(rankings, correct, None, k_percent=2)
-    assert paper == {"queries": 3, "recall@1": pytest.approx(1 / 3), "recall@1%": pytest.approx(2 / 3), "k_1_percent": 2}
-    # Hide keyframe 0 from query 0 (its only match: not counted) and from query 1 (now ranks 2 first).
-    excluded = np.array([[True, False, False], [True, False, False], [False, False, False]])
-    revisit = recall_from_rankings(rankings, correct, excluded, k_percent=1)
-    assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)
-
-
 def play_while_spinning(node, play_args: list[str]) -> tuple[int, str]:
     """Run `cmirl bag play ARGS` in its own process while spinning `node`, then 1 s more; shuts rclpy down."""
     import time
@@ -162,6 +151,15 @@ def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, t
     paper = report["protocols"]["paper"]
     assert paper["queries"] == report["queries_answered"] and 0.0 <= paper["recall@1"] <= 1.0
     assert report["latency_ms_p50"] > 0
+    # Loop closures: every answered query's published top-1 carries its score; accepting them all
+    # gives the paper protocol's Recall@1 (the node excludes nothing in a replay).
+    loop_closure = report["loop_closure"]
+    assert loop_closure["lc_queries"] == report["queries_answered"]
+    assert None not in loop_closure["pr_curve"]["thresholds"]
+    assert loop_closure["unverified_recall"] == pytest.approx(paper["recall@1"])
+    assert 0.0 <= report["max_f1"] <= 1.0 and report["verified_precision"] is None
+    assert "loop closures: max F1" in result.stdout
+    assert (tmp_path / "eval_pr.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bag_cli_errors_are_clean(tmp_path):
