@@ -11,6 +11,7 @@ a one-item slot; one inference thread takes it from there, so a slow model never
 from __future__ import annotations
 
 import faulthandler
+import os
 import sys
 import threading
 import time
@@ -70,6 +71,8 @@ PARAMETERS = {
     "warn_throttle_s": 5.0,
 }
 QOS_CHOICES = ("sensor_data", "reliable")
+WORKER_GRACE_S = 0.5  # at shutdown: how long a query in progress may still run
+SHUTDOWN_LIMIT_S = 1.5  # a shutdown taking longer dumps the thread stacks and exits (code 1)
 # What decoding a hostile message may raise (MalformedMessage is a ValueError); counted, never fatal.
 BAD_MESSAGE = (ValueError, TypeError, OverflowError)
 
@@ -198,10 +201,11 @@ class LocalizerNode(LifecycleNode):
     def configured(self) -> bool:
         return self._localizer is not None
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        """Close the slot and wait up to `timeout` s for the query in progress to finish."""
         self._slot.close()
         if self._worker is not None:
-            self._worker.join(timeout=30.0)
+            self._worker.join(timeout=timeout)
             self._worker = None
 
     # ------------------------------------------------------------------ setup
@@ -343,6 +347,8 @@ class LocalizerNode(LifecycleNode):
             try:
                 self._answer(query)
             except Exception as e:  # a bad query must not kill the node; report and go on
+                if not rclpy.ok():
+                    return  # shutting down: the context went away under a publish, not an error
                 self.counts["errors"] += 1
                 self._recent_errors.add()
                 self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
@@ -486,7 +492,19 @@ class LocalizerNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`)."""
+    """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`).
+
+    Ends the process itself once the node is shut down: the interpreter's own teardown (clearing
+    the modules of torch & co.) takes seconds, and `ros2 launch` escalates to SIGTERM 5 s after
+    SIGINT; the node has nothing left to save by then."""
+    code = run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT / SIGTERM (or a failed configure); returns the exit code."""
     faulthandler.enable()  # a crash in native code leaves the Python stacks in the log
     rclpy.init(args=args if args is not None else sys.argv)
     node = LocalizerNode()
@@ -512,10 +530,13 @@ def main(args: list[str] | None = None) -> int:
         if rclpy.ok():
             raise
     finally:
-        # A shutdown that hangs dumps every thread's stack into the log and exits.
-        faulthandler.dump_traceback_later(20.0, exit=True)
+        # A shutdown that hangs dumps every thread's stack into the log and exits: within
+        # launch's 5 s SIGINT timeout, with the stacks, rather than killed silently by SIGTERM.
+        faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
         node._active = False
-        node.stop_worker()
+        # A query in progress is not waited for beyond a moment: it would only publish into a
+        # node being destroyed (rclpy refuses that with an exception, which the worker ignores).
+        node.stop_worker(timeout=WORKER_GRACE_S)
         node.destroy_node()
         # The context's shutdown callbacks wake the executor: shutting the executor down first
         # let them touch its destroyed guard condition (an intermittent segfault at exit).
@@ -526,4 +547,4 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
