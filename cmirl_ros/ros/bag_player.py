@@ -1,11 +1,12 @@
 """Replay a rosbag2 recording into the live ROS graph: rosbags reads raw CDR, rclpy publishes it as is.
 
 No deserialisation on the way: the bytes in the bag are exactly what the publisher sends.
-Topics whose message package is not installed here (tf2_msgs) are skipped with a notice.
+Message types resolve from the installed interface packages only (`interfaces.message_class`);
+topics of any other type (tf2_msgs here, or whatever a crafted bag names) are skipped with a
+notice, and a bag with nothing else is refused.
 """
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +14,7 @@ from pathlib import Path
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from cmirl_ros.datasets.bag import resolve_bag_path
-
-
-def message_class(msgtype: str):
-    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when the package is missing."""
-    package, kind, name = msgtype.split("/")
-    try:
-        return getattr(importlib.import_module(f"{package}.{kind}"), name)
-    except (ImportError, AttributeError):
-        return None
+from cmirl_ros.ros.interfaces import message_class
 
 
 @dataclass
@@ -68,14 +61,16 @@ def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
                 continue
             cls = message_class(connection.msgtype)
             if cls is None:
-                stats.skipped_topics.append(connection.topic)
-                log(f"bag play: skipping {connection.topic} ({connection.msgtype} is not installed)")
+                stats.skipped_topics.append(f"{connection.topic} ({connection.msgtype})")
+                log(f"bag play: skipping {connection.topic}: {connection.msgtype} is not a message type of an "
+                    "installed interface package")
                 continue
             if connection.topic not in publishers:
                 publishers[connection.topic] = node.create_publisher(cls, connection.topic, _qos_for(connection.topic))
             connections.append(connection)
         if not connections:
-            raise ValueError(f"{path}: nothing to play (topics: {', '.join(c.topic for c in reader.connections)})")
+            skipped = f"; not installed message types: {', '.join(stats.skipped_topics)}" if stats.skipped_topics else ""
+            raise ValueError(f"{path}: nothing to play (topics: {', '.join(c.topic for c in reader.connections)}{skipped})")
         clock_publisher = node.create_publisher(Clock, "/clock", 10) if clock else None
         if wait_for:
             waitable = {**publishers, **({"/clock": clock_publisher} if clock_publisher else {})}
