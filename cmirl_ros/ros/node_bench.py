@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cmirl_ros.demo import resolve_model
+    from cmirl_ros.ros.demo import resolve_model
     from cmirl_ros.ros.bag_eval import isolate_dds
 
     isolate_dds()
