@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: model, mapdb, geometry, sim, node"
+HELP = "benchmarks: model, mapdb, geometry, sim, node, soak"
 
 BENCHES = {
     "model": "cmirl_ros.benchmarks.model",
@@ -17,6 +17,7 @@ BENCHES = {
     "geometry": "cmirl_ros.benchmarks.geometry",
     "sim": "cmirl_ros.benchmarks.sim",
     "node": "cmirl_ros.ros.node_bench",
+    "soak": "cmirl_ros.ros.soak_bench",
 }
 
 

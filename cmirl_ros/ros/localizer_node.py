@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import rclpy
@@ -31,12 +32,12 @@ from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
+from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
-from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
-from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
 from cmirl_ros.ros.stats import RecentEvents, RollingStats
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
+from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
 from cmirl_ros.topics import NODE_INPUTS
 
 NODE_NAME = "localizer"
@@ -491,7 +492,7 @@ class LocalizerNode(LifecycleNode):
         return response
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None) -> NoReturn:
     """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`).
 
     Ends the process itself once the node is shut down: the interpreter's own teardown (clearing
