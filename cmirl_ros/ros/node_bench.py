@@ -41,16 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from cmirl_ros.ros.demo import resolve_model
-    from cmirl_ros.ros.bag_eval import isolate_dds
-
-    isolate_dds()
-    torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="cmirl_bench_node_"))
-    model_ref, model = resolve_model(args.model, "cpu", work)
-    frames, map_dir = scene(model, work)
+    work, model_ref, model, frames, map_dir = prepare(args.model, args.threads, "node")
     baseline = bare_forward_ms(model, frames[0].image, args.repeats)
     print(f"bench node: bare model forward p50 {baseline:.1f} ms in the bench process ({args.threads} threads, "
           f"{model.name}, load average {os.getloadavg()[0]:.1f})")
@@ -61,6 +52,21 @@ def run(args: argparse.Namespace) -> int:
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"bench node: figures written to {args.json}")
     return 0
+
+
+def prepare(model_name: str, threads: int, bench: str):
+    """A private DDS domain, a work directory, the model and a scene mapped with it:
+    (work, model reference for the node, model, frames, map directory)."""
+    import torch
+
+    from cmirl_ros.ros.bag_eval import isolate_dds
+    from cmirl_ros.ros.demo import resolve_model
+
+    isolate_dds()
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix=f"cmirl_bench_{bench}_"))
+    model_ref, model = resolve_model(model_name, "cpu", work)
+    return (work, model_ref, model, *scene(model, work))
 
 
 def scene(model, work: Path):

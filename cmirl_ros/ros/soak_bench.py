@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,19 +61,11 @@ class RssSampler:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from cmirl_ros.ros.bag_eval import isolate_dds
-    from cmirl_ros.ros.demo import resolve_model
-    from cmirl_ros.ros.node_bench import node_harness, scene
+    from cmirl_ros.ros.node_bench import node_harness, prepare
 
     if min(args.duration, args.rate, args.overload_rate, args.overload_seconds, args.sample_every) <= 0:
         raise ValueError("--duration, --rate, --overload-rate, --overload-seconds and --sample-every must be > 0")
-    isolate_dds()
-    torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="cmirl_bench_soak_"))
-    model_ref, model = resolve_model(args.model, "cpu", work)
-    frames, map_dir = scene(model, work)
+    work, model_ref, model, frames, map_dir = prepare(args.model, args.threads, "soak")
     del model  # the node process loads its own copy
     with node_harness(model_ref, map_dir, frames, args.threads, work, stats_window=args.overload_seconds) as h:
         sampler = RssSampler(h.process.process.pid, args.sample_every)
