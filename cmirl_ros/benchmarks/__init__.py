@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: model, mapdb, geometry, sim, inputs, node"
+HELP = "benchmarks: model, mapdb, geometry, sim, inputs, node, soak"
 
 BENCHES = {
     "model": "cmirl_ros.benchmarks.model",
@@ -18,6 +18,7 @@ BENCHES = {
     "sim": "cmirl_ros.benchmarks.sim",
     "inputs": "cmirl_ros.benchmarks.inputs",
     "node": "cmirl_ros.ros.node_bench",
+    "soak": "cmirl_ros.ros.soak_bench",
 }
 
 

@@ -1,12 +1,12 @@
 """Replay a rosbag2 recording into the live ROS graph: rosbags reads raw CDR, rclpy publishes it as is.
 
 No deserialisation on the way: the bytes in the bag are exactly what the publisher sends.
-/tf and /tf_static (tf2_msgs) and LoopClosure (cmirl_ros_interfaces) use the generated packages
-(`make interfaces`); topics whose message package is not available are skipped with a notice.
+Message types resolve from the installed interface packages only (`interfaces.message_class`),
+the generated tf2_msgs and cmirl_ros_interfaces included (`make interfaces`); topics of any other type
+(whatever a crafted bag names) are skipped with a notice, and a bag with nothing playable is refused.
 """
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +15,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from cmirl_ros.datasets.bag import resolve_bag_path
 from cmirl_ros.ros.interfaces import PACKAGES as GENERATED_PACKAGES
-from cmirl_ros.ros.interfaces import ensure_interfaces
-
-
-def message_class(msgtype: str):
-    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when the package is missing
-    (for the generated packages: not built, InterfacesNotBuilt being an ImportError)."""
-    package, kind, name = msgtype.split("/")
-    try:
-        if package in GENERATED_PACKAGES:
-            ensure_interfaces()
-        return getattr(importlib.import_module(f"{package}.{kind}"), name)
-    except (ImportError, AttributeError):
-        return None
+from cmirl_ros.ros.interfaces import message_class
 
 
 @dataclass
@@ -76,15 +64,17 @@ def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
                 continue
             cls = message_class(connection.msgtype)
             if cls is None:
-                stats.skipped_topics.append(connection.topic)
+                stats.skipped_topics.append(f"{connection.topic} ({connection.msgtype})")
                 hint = ": run `make interfaces`" if connection.msgtype.split("/")[0] in GENERATED_PACKAGES else ""
-                log(f"bag play: skipping {connection.topic} ({connection.msgtype} is not installed{hint})")
+                log(f"bag play: skipping {connection.topic}: {connection.msgtype} is not a message type of an "
+                    f"installed interface package{hint}")
                 continue
             if connection.topic not in publishers:
                 publishers[connection.topic] = node.create_publisher(cls, connection.topic, _qos_for(connection.topic))
             connections.append(connection)
         if not connections:
-            raise ValueError(f"{path}: nothing to play (topics: {', '.join(c.topic for c in reader.connections)})")
+            skipped = f"; not installed message types: {', '.join(stats.skipped_topics)}" if stats.skipped_topics else ""
+            raise ValueError(f"{path}: nothing to play (topics: {', '.join(c.topic for c in reader.connections)}{skipped})")
         clock_publisher = node.create_publisher(Clock, "/clock", 10) if clock else None
         if wait_for:
             waitable = {**publishers, **({"/clock": clock_publisher} if clock_publisher else {})}

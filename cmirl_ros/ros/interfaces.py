@@ -1,4 +1,4 @@
-"""The generated message packages, tf2_msgs and cmirl_ros_interfaces, made importable.
+"""ROS message classes: the generated packages made importable, and type names resolved safely.
 
 ROS 2 from PyPI has no tf2_msgs wheel, and our LoopClosure message has none either: `make interfaces`
 (interfaces/build.sh) generates both with colcon from their .msg files into build/interfaces/install.
@@ -7,10 +7,17 @@ A package that is importable already (a sourced ROS workspace) is used as it is.
 The build's libraries are not on the loader path of a running process, and the typesupport
 dispatch dlopens them by name when a publisher or subscription is created; loading them here with
 RTLD_GLOBAL first makes both the extension modules' and the dispatch's look-ups find them.
+
+Type names that come from outside (a bag's metadata, the live graph) resolve only to message types
+listed in an ament index (`share/ament_index/resource_index/rosidl_interfaces/<package>`, under the
+ament prefixes, this Python's prefix where the ROS wheels install, and the generated packages'
+prefix): importing `<package>.msg` for whatever a bag names would import arbitrary modules.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib
 import importlib.util
 import os
 import sys
@@ -87,3 +94,41 @@ def loop_closure_type():
     from cmirl_ros_interfaces.msg import LoopClosure
 
     return LoopClosure
+
+
+INTERFACE_INDEX = Path("share") / "ament_index" / "resource_index" / "rosidl_interfaces"
+
+
+def _prefixes() -> list[Path]:
+    ament = [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return ament + [Path(sys.prefix), interfaces_prefix()]
+
+
+@functools.lru_cache(maxsize=1)
+def installed_message_types() -> frozenset[str]:
+    """Every `package/msg/Name` that an installed interface package declares."""
+    types = set()
+    for prefix in _prefixes():
+        index = prefix / INTERFACE_INDEX
+        if not index.is_dir():
+            continue
+        for package in index.iterdir():
+            for line in package.read_text().splitlines():
+                kind, _, file_name = line.strip().partition("/")
+                if kind == "msg" and file_name.endswith((".msg", ".idl")):
+                    types.add(f"{package.name}/msg/{Path(file_name).stem}")
+    return frozenset(types)
+
+
+def message_class(msgtype: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class; None for anything that is not a message
+    type of an installed interface package (nothing else is imported)."""
+    if msgtype not in installed_message_types():
+        return None
+    package, _, name = msgtype.split("/")
+    if package in PACKAGES:
+        try:
+            ensure_interfaces()
+        except InterfacesNotBuilt:
+            return None
+    return getattr(importlib.import_module(f"{package}.msg"), name, None)

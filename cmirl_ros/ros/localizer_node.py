@@ -11,11 +11,13 @@ a one-item slot; one inference thread takes it from there, so a slow model never
 from __future__ import annotations
 
 import faulthandler
+import os
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import rclpy
@@ -30,12 +32,12 @@ from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
+from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
-from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
-from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
 from cmirl_ros.ros.stats import RecentEvents, RollingStats
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
+from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
 from cmirl_ros.topics import NODE_INPUTS
 
 NODE_NAME = "localizer"
@@ -70,6 +72,8 @@ PARAMETERS = {
     "warn_throttle_s": 5.0,
 }
 QOS_CHOICES = ("sensor_data", "reliable")
+WORKER_GRACE_S = 0.5  # at shutdown: how long a query in progress may still run
+SHUTDOWN_LIMIT_S = 1.5  # a shutdown taking longer dumps the thread stacks and exits (code 1)
 # What decoding a hostile message may raise (MalformedMessage is a ValueError); counted, never fatal.
 BAD_MESSAGE = (ValueError, TypeError, OverflowError)
 
@@ -198,10 +202,11 @@ class LocalizerNode(LifecycleNode):
     def configured(self) -> bool:
         return self._localizer is not None
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        """Close the slot and wait up to `timeout` s for the query in progress to finish."""
         self._slot.close()
         if self._worker is not None:
-            self._worker.join(timeout=30.0)
+            self._worker.join(timeout=timeout)
             self._worker = None
 
     # ------------------------------------------------------------------ setup
@@ -343,6 +348,8 @@ class LocalizerNode(LifecycleNode):
             try:
                 self._answer(query)
             except Exception as e:  # a bad query must not kill the node; report and go on
+                if not rclpy.ok():
+                    return  # shutting down: the context went away under a publish, not an error
                 self.counts["errors"] += 1
                 self._recent_errors.add()
                 self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
@@ -485,8 +492,20 @@ class LocalizerNode(LifecycleNode):
         return response
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`)."""
+def main(args: list[str] | None = None) -> NoReturn:
+    """Entry point of the installed `localizer` executable (and `ros2 run cmirl_ros localizer`).
+
+    Ends the process itself once the node is shut down: the interpreter's own teardown (clearing
+    the modules of torch & co.) takes seconds, and `ros2 launch` escalates to SIGTERM 5 s after
+    SIGINT; the node has nothing left to save by then."""
+    code = run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT / SIGTERM (or a failed configure); returns the exit code."""
     faulthandler.enable()  # a crash in native code leaves the Python stacks in the log
     rclpy.init(args=args if args is not None else sys.argv)
     node = LocalizerNode()
@@ -512,10 +531,13 @@ def main(args: list[str] | None = None) -> int:
         if rclpy.ok():
             raise
     finally:
-        # A shutdown that hangs dumps every thread's stack into the log and exits.
-        faulthandler.dump_traceback_later(20.0, exit=True)
+        # A shutdown that hangs dumps every thread's stack into the log and exits: within
+        # launch's 5 s SIGINT timeout, with the stacks, rather than killed silently by SIGTERM.
+        faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
         node._active = False
-        node.stop_worker()
+        # A query in progress is not waited for beyond a moment: it would only publish into a
+        # node being destroyed (rclpy refuses that with an exception, which the worker ignores).
+        node.stop_worker(timeout=WORKER_GRACE_S)
         node.destroy_node()
         # The context's shutdown callbacks wake the executor: shutting the executor down first
         # let them touch its destroyed guard condition (an intermittent segfault at exit).
@@ -526,4 +548,4 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

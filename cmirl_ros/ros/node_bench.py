@@ -18,7 +18,10 @@ import signal
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,16 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from cmirl_ros.demo import resolve_model
-    from cmirl_ros.ros.bag_eval import isolate_dds
-
-    isolate_dds()
-    torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="cmirl_bench_node_"))
-    model_ref, model = resolve_model(args.model, "cpu", work)
-    frames, map_dir = _scene(model, work)
+    work, model_ref, model, frames, map_dir = prepare(args.model, args.threads, "node")
     baseline = bare_forward_ms(model, frames[0].image, args.repeats)
     print(f"bench node: bare model forward p50 {baseline:.1f} ms in the bench process ({args.threads} threads, "
           f"{model.name}, load average {os.getloadavg()[0]:.1f})")
@@ -60,7 +54,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scene(model, work: Path):
+def prepare(model_name: str, threads: int, bench: str):
+    """A private DDS domain, a work directory, the model and a scene mapped with it:
+    (work, model reference for the node, model, frames, map directory)."""
+    import torch
+
+    from cmirl_ros.ros.bag_eval import isolate_dds
+    from cmirl_ros.ros.demo import resolve_model
+
+    isolate_dds()
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix=f"cmirl_bench_{bench}_"))
+    model_ref, model = resolve_model(model_name, "cpu", work)
+    return (work, model_ref, model, *scene(model, work))
+
+
+def scene(model, work: Path):
     """A few KITTI-size simulated frames and a map of them built with the benchmarked model."""
     from cmirl_ros.datasets.kitti import KittiSequence
     from cmirl_ros.mapdb import build_map
@@ -99,7 +108,25 @@ def bare_forward_ms(model, rgb: np.ndarray, repeats: int) -> float:
     return statistics.median(times)
 
 
-def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]:
+@dataclass
+class Harness:
+    """A localizer node process and the bench's own node: image publisher, match arrivals, diagnostics."""
+    rclpy: Any
+    bench: Any
+    images: Any
+    messages: list
+    arrivals: list  # (query stamp, arrival time), both in ns since epoch
+    diagnostics: list  # key -> value of each /diagnostics status
+    process: Any
+
+    def run_rate(self, rate: float, seconds: float, tick=None) -> dict:
+        return _run_rate(self.rclpy, self.bench, self.images, self.messages, self.arrivals, rate, seconds, tick)
+
+
+@contextmanager
+def node_harness(model_ref: str, map_dir: Path, frames, threads: int, work: Path, **params):
+    """Start the node (`params` override the bench's), wait until a query has made the round trip,
+    yield the Harness; stop the node with SIGINT at the end."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -111,14 +138,12 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
     from cmirl_ros.ros.processes import start_localizer
     from cmirl_ros.topics import IMAGE
 
-    # The node's statistics window spans one rate step plus its tail, so the diagnostics read at
-    # the end of a step describe that step only.
-    node = start_localizer({"model": model_ref, "map": str(map_dir), "device": "cpu", "num_threads": args.threads,
+    node = start_localizer({"model": model_ref, "map": str(map_dir), "device": "cpu", "num_threads": threads,
                             "publish_markers": False, "publish_candidates": False, "diagnostics_period": 0.25,
-                            "stats_window": args.seconds + TAIL_SECONDS}, work)
+                            **params}, work)
     rclpy.init()
     bench = rclpy.create_node("cmirl_node_bench")
-    arrivals: list[tuple[int, int]] = []  # (query stamp, arrival time), both in ns since epoch
+    arrivals: list[tuple[int, int]] = []
 
     def on_match(msg):
         arrivals.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, time.time_ns()))
@@ -130,13 +155,24 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
                               lambda msg: diagnostics.append({kv.key: kv.value for kv in msg.status[0].values}), 10)
     images = bench.create_publisher(Image, IMAGE, qos_profile_sensor_data)
     messages = [numpy_to_image(f.image, "rgb8", frame_id="camera") for f in frames]
-    steps = []
     try:
         node.wait_for(READY_LOG, 300)
         _wait_for_first_match(rclpy, bench, images, messages[0], arrivals)
+        yield Harness(rclpy, bench, images, messages, arrivals, diagnostics, node)
+    finally:
+        bench.destroy_node()
+        rclpy.try_shutdown()
+        node.stop(signal.SIGINT)
+
+
+def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]:
+    # The node's statistics window spans one rate step plus its tail, so the diagnostics read at
+    # the end of a step describe that step only.
+    steps = []
+    with node_harness(model_ref, map_dir, frames, args.threads, work, stats_window=args.seconds + TAIL_SECONDS) as h:
         for rate in sorted(args.rates):
-            step = _run_rate(rclpy, bench, images, messages, arrivals, rate, args.seconds)
-            step["encode_ms_p50"] = float(diagnostics[-1]["encode_ms_p50"]) if diagnostics else float("nan")
+            step = h.run_rate(rate, args.seconds)
+            step["encode_ms_p50"] = float(h.diagnostics[-1]["encode_ms_p50"]) if h.diagnostics else float("nan")
             step["ratio_p50"] = step["latency_ms_p50"] / step["encode_ms_p50"]
             step["load_average"] = os.getloadavg()[0]
             steps.append(step)
@@ -145,10 +181,6 @@ def sweep(model_ref: str, map_dir: Path, frames, args, work: Path) -> list[dict]
                   f"p50 {step['encode_ms_p50']:.0f} ms; ratio {step['ratio_p50']:.2f}x")
             if step["answered_fraction"] < SUSTAINED - 0.15:
                 break  # well past capacity: higher rates only drop more
-    finally:
-        bench.destroy_node()
-        rclpy.try_shutdown()
-        node.stop(signal.SIGINT)
     return steps
 
 
@@ -164,7 +196,9 @@ def _wait_for_first_match(rclpy, bench, images, message, arrivals, timeout: floa
             rclpy.spin_once(bench, timeout_sec=0.05)
 
 
-def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: float) -> dict:
+def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: float, tick=None) -> dict:
+    """Publish `messages` (stamped now) at `rate` for `seconds`; answered fraction and stamp->match
+    latency. `tick()`, if given, runs before each publish (e.g. to sample the node's memory)."""
     from builtin_interfaces.msg import Time
 
     arrivals.clear()
@@ -176,6 +210,8 @@ def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: fl
         due = start + k * period
         while time.monotonic() < due:
             rclpy.spin_once(bench, timeout_sec=max(0.0, min(0.005, due - time.monotonic())))
+        if tick is not None:
+            tick()
         msg = messages[k % len(messages)]
         now_ns = time.time_ns()
         msg.header.stamp = Time(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
@@ -193,6 +229,7 @@ def _run_rate(rclpy, bench, images, messages, arrivals, rate: float, seconds: fl
         "answered_fraction": len(latencies) / len(sent),
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else float("nan"),
         "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else float("nan"),
+        "latency_ms_max": float(np.max(latencies)) if latencies else float("nan"),
     }
 
 

@@ -15,7 +15,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from cmirl_ros.datasets.bag import typestore
-from cmirl_ros.ros.bag_player import message_class
+from cmirl_ros.ros.interfaces import message_class
 
 READY_LOG = "recorder ready"
 

@@ -82,3 +82,21 @@ def test_benchmarks_have_one_home():
     stray = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*bench*.py")
              if p.parent.name != "benchmarks" and _module_name(p) not in BENCHES.values()]
     assert not stray, f"benchmark modules outside cmirl_ros/benchmarks/ and not registered: {stray}"
+
+
+def test_every_internal_import_names_an_existing_module():
+    """Lazy imports inside functions fail only when run: a moved module must not leave one behind."""
+    known = {_module_name(path) for path in PACKAGE.rglob("*.py")}
+    missing = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("cmirl_ros"):
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names if alias.name.startswith("cmirl_ros")]
+            else:
+                continue
+            bad = [name for name in names if name not in known]
+            if bad:
+                missing.setdefault(str(path.relative_to(PACKAGE)), []).extend(bad)
+    assert not missing, f"imports of modules that do not exist: {missing}"

@@ -272,3 +272,40 @@ def test_from_kitti_without_built_interfaces_says_how_to_build_them(sim_root, tm
     assert "cmirl bag from-kitti: error: the message package(s) tf2_msgs, cmirl_ros_interfaces are not built" in result.stderr
     assert "run `make interfaces`" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_bag_play_imports_no_type_a_bag_names(tmp_path):
+    """A crafted bag whose topic type names an importable module that is no installed interface
+    package: refused with one clear error line, and the module is never imported."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    package = tmp_path / "site" / "cmirl_probe_pkg"
+    (package / "msg").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "msg" / "__init__.py").write_text("class Foo:\n    pass\n")
+    bag = tmp_path / "crafted"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/probe", "cmirl_probe_pkg/msg/Foo", msgdef="int32 data",
+                                           rihs01="RIHS01_" + "0" * 64)
+        writer.write(connection, 1_000, bytes([0, 1, 0, 0, 1, 0, 0, 0]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(bag)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "cmirl_probe_pkg/msg/Foo" in errors[0] and str(bag) in errors[0], result.stderr
+    assert not marker.exists(), "the bag's type name was imported"
+
+
+def test_message_types_resolve_from_installed_interface_packages_only():
+    from sensor_msgs.msg import Image
+
+    from cmirl_ros.ros.interfaces import installed_message_types, message_class
+
+    assert message_class("sensor_msgs/msg/Image") is Image
+    assert {"std_msgs/msg/Header", "nav_msgs/msg/Odometry"} <= installed_message_types()
+    before = set(sys.modules)
+    for name in ("this/msg/Foo", "os/msg/path", "sensor_msgs/msg/NoSuchType", "sensor_msgs", "a/b/c/d", ""):
+        assert message_class(name) is None, name
+    assert not {"this", "os.msg"} & (set(sys.modules) - before)
