@@ -21,7 +21,7 @@ def trained(tmp_path_factory, sevenscenes):
     (root / "tiny_model.yaml").write_text(yaml.safe_dump(TINY_MODEL))
     config = {
         "model": "tiny_model.yaml",
-        "data": {"dataset": "rgbd", "root": str(sevenscenes), "frames": "0:600", "stride": 30},
+        "data": {"dataset": "rgbd", "root": str(sevenscenes), "frames": "0:400", "stride": 20},
         "pairs": {"positive_distance": 0.3, "negative_distance": 1.0, "positive_angle_deg": 30, "negative_angle_deg": 90},
         "loss": {"margin": 0.5, "cache_negatives": 1},
         "train": {"batch_size": 4, "max_steps": 3, "steps_per_epoch": 2, "checkpoint_every": 2,
