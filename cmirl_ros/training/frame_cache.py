@@ -7,9 +7,9 @@ variant). A training step draws the cloud motion among those variants instead of
 projecting the raw scan again.
 
 The key hashes the preprocessing, the cloud-motion settings, the variant count, the frame
-selection and the source files' sizes and times: changing any of them makes a new cache
-directory. Arrays are written under temporary names and renamed; `meta.json`, written last,
-marks a complete cache.
+source (its root and the sizes and times of the files a new render rewrites): changing any
+of them makes a new cache directory. A frame is one file there, written under a temporary
+name and renamed, so a file present is complete and any frame selection reuses the others.
 """
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmirl_ros.atomic import atomic_write, atomic_write_text
+from cmirl_ros.atomic import atomic_write
 from cmirl_ros.datasets import Dataset
 from cmirl_ros.preprocess import Preprocessing
 from cmirl_ros.training.augment import AugmentConfig, perturb_cloud
 from cmirl_ros.training.data import TrainingFrames
 
-FORMAT = 1
-META_FILE = "meta.json"
+FORMAT = 2
 DEFAULT_CACHE_DIR = Path("out/cache/frames")
 
 
@@ -60,81 +59,89 @@ def _file_stamps(dataset) -> list:
     return stamps
 
 
-def _describe_source(dataset):
-    if hasattr(dataset, "parts"):  # several datasets as one
-        return [_describe_source(part) for part in dataset.parts]
-    return {"name": dataset.name, "root": str(_source_root(dataset)), "frames": list(map(int, dataset.frame_ids)),
-            "files": _file_stamps(dataset)}
-
-
 def cache_key(dataset: Dataset, preprocessing: Preprocessing, augment: AugmentConfig, variants: int, seed: int) -> str:
-    """Hash of everything the cached arrays depend on."""
+    """Hash of everything a cached frame depends on (one source sequence; frames are files within)."""
     description = {
         "format": FORMAT,
         "preprocessing": preprocessing.to_dict(),
         "cloud": {"rotation_deg": augment.cloud_rotation_deg, "translation": augment.cloud_translation,
                   "variants": variants, "seed": seed},
-        "dataset": _describe_source(dataset),
+        "source": {"name": dataset.name, "root": str(_source_root(dataset)), "files": _file_stamps(dataset)},
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append .npy to a temporary name
-        np.save(f, array)
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: numpy would append .npz to a temporary name
+        np.savez(f, **arrays)
 
 
-def _build(directory: Path, dataset: Dataset, pre: Preprocessing, augment: AugmentConfig, variants: int, seed: int,
-           progress: bool) -> None:
-    from tqdm import tqdm
+def _preprocess_frame(frame, frame_id: int, pre: Preprocessing, augment: AugmentConfig, variants: int, seed: int):
+    """(resized uint8 image, (1 + variants, H, W) sparse depths: the scan as it is, then moved copies)."""
+    depths = np.zeros((1 + variants, pre.height, pre.width), np.float32)
+    depths[0] = pre.sparse_depth(frame.points, frame.calib)[0]
+    for v in range(1, variants + 1):
+        rng = np.random.default_rng([seed, frame_id, v])
+        moved = perturb_cloud(frame.points, frame.calib.T_cam_sensor, augment, rng)
+        depths[v] = pre.sparse_depth(moved, frame.calib)[0]
+    return pre.resized_image(frame.image), depths
 
-    n = len(dataset)
-    directory.mkdir(parents=True, exist_ok=True)
-    images = np.zeros((n, pre.height, pre.width, 3), np.uint8)
-    depths = np.zeros((n, 1 + variants, pre.height, pre.width), np.float32)
-    for i in tqdm(range(n), desc=f"preprocessing cache {dataset.name}", disable=not progress, leave=False):
-        frame = dataset[i]
-        if frame.image is None or frame.points is None:
-            raise ValueError(f"{dataset.name} frame {frame.name}: training needs both an image and a scan")
-        images[i] = pre.resized_image(frame.image)
-        depths[i, 0] = pre.sparse_depth(frame.points, frame.calib)[0]
-        for v in range(1, variants + 1):
-            rng = np.random.default_rng([seed, int(dataset.frame_ids[i]), v])
-            moved = perturb_cloud(frame.points, frame.calib.T_cam_sensor, augment, rng)
-            depths[i, v] = pre.sparse_depth(moved, frame.calib)[0]
-    for name, array in (("images.npy", images), ("depths.npy", depths)):
-        atomic_write(directory / name, lambda tmp, a=array: _save_npy(tmp, a))
-    atomic_write_text(directory / META_FILE, json.dumps({"format": FORMAT, "frames": n, "variants": variants}) + "\n")
+
+def _sources(dataset) -> list[tuple[object, int]]:
+    """(source dataset, row in it) of every frame; several datasets as one are cached per source."""
+    if hasattr(dataset, "parts"):
+        return [(part, row) for part in dataset.parts for row in range(len(part))]
+    return [(dataset, row) for row in range(len(dataset))]
 
 
 class CachedTrainingFrames(TrainingFrames):
-    """`TrainingFrames` read from the preprocessing cache (memory-mapped); built on first use."""
+    """`TrainingFrames` read from the preprocessing cache: one file per frame, missing ones built first.
+
+    Layout: CACHE_DIR/<key>/NNNNNN.npz (source frame number) with `image` (H,W,3) uint8 and `depths`
+    (1 + variants, H, W) float32; each file is written under a temporary name and renamed.
+    """
 
     def __init__(self, dataset: Dataset, preprocessing: Preprocessing, augment: AugmentConfig, cloud_probability: float,
                  cache_dir: Path = DEFAULT_CACHE_DIR, variants: int = 4, seed: int = 0, progress: bool = True):
         super().__init__(dataset, preprocessing, augment, cloud_probability)
         if variants < 1 and cloud_probability > 0:
             raise ValueError(f"cloud_variants must be >= 1 when cloud_probability > 0, got {variants}")
-        self.directory = Path(cache_dir) / cache_key(dataset, preprocessing, augment, variants, seed)
-        if not (self.directory / META_FILE).is_file():
-            _build(self.directory, dataset, preprocessing, augment, variants, seed, progress)
-        self._resized = np.load(self.directory / "images.npy", mmap_mode="r")
-        self._variants = np.load(self.directory / "depths.npy", mmap_mode="r")
-        if len(self._resized) != len(dataset) or self._variants.shape[1] != 1 + variants:
-            raise ValueError(f"{self.directory}: cache holds {len(self._resized)} frames x {self._variants.shape[1]} "
-                             f"depths, expected {len(dataset)} x {1 + variants}; delete it to rebuild")
+        self.variants, self.seed = variants, seed
+        keys: dict[int, Path] = {}
+        self.files = []
+        for source, row in _sources(dataset):
+            if id(source) not in keys:
+                keys[id(source)] = Path(cache_dir) / cache_key(source, preprocessing, augment, variants, seed)
+            self.files.append((source, row, keys[id(source)] / f"{int(source.frame_ids[row]):06d}.npz"))
+        self._build_missing(progress)
+
+    def _build_missing(self, progress: bool) -> None:
+        from tqdm import tqdm
+
+        missing = [entry for entry in self.files if not entry[2].is_file()]
+        for source, row, path in tqdm(missing, desc=f"preprocessing cache {self.dataset.name}", disable=not progress,
+                                      leave=False):
+            frame = source[row]
+            if frame.image is None or frame.points is None:
+                raise ValueError(f"{source.name} frame {frame.name}: training needs both an image and a scan")
+            image, depths = _preprocess_frame(frame, int(source.frame_ids[row]), self.pre, self.augment,
+                                              self.variants, self.seed)
+            atomic_write(path, lambda tmp: _save_npz(tmp, image=image, depths=depths))
+
+    def _read(self, i: int, name: str) -> np.ndarray:
+        with np.load(self.files[i][2]) as data:
+            return data[name]
 
     def image(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.pre.normalize(np.asarray(self._resized[i])))
+        return torch.from_numpy(self.pre.normalize(self._read(i, "image")))
 
     def depth(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self._variants[i, :1]))
+        return torch.from_numpy(self._read(i, "depths")[:1])
 
     def augmented_depth(self, i: int, rng: np.random.Generator) -> torch.Tensor:
         """The scan as it is, or (share `cloud_probability`) one of its cached moved copies."""
         if rng.random() >= self.cloud_probability:
             return self.depth(i)
-        variant = int(rng.integers(1, self._variants.shape[1]))
-        return torch.from_numpy(np.array(self._variants[i, variant : variant + 1]))
-
+        variant = int(rng.integers(1, self.variants + 1))
+        return torch.from_numpy(self._read(i, "depths")[variant : variant + 1])

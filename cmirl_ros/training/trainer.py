@@ -4,7 +4,9 @@ One step: B anchors (query side: image, image+depth or depth, drawn per step so 
 every subset lands in one descriptor space), one positive scan per anchor (map side:
 depth only, as the map is built), and negatives = the other anchors' positives that are
 negatives of this anchor (batch mining) + the H hardest negatives of the descriptor
-cache (every training frame's image and scan descriptors, refreshed each epoch).
+cache (every training frame's image and scan descriptors, refreshed each epoch), which enter
+the loss as their cached descriptors (`memory_negatives`) or encoded again with gradients.
+A validation split, when given, is evaluated periodically and its best step kept as OUT/best.
 
 Runs on one process or under `torchrun` (DistributedDataParallel, env:// rendezvous);
 AMP on CUDA; checkpoints are atomic and hold everything needed to resume.

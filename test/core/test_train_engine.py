@@ -13,7 +13,7 @@ from cmirl_ros.preprocess import Preprocessing
 from cmirl_ros.training import frame_cache
 from cmirl_ros.training.augment import AugmentConfig
 from cmirl_ros.training.data import StridedDataset, TrainingFrames
-from cmirl_ros.training.frame_cache import META_FILE, CachedTrainingFrames
+from cmirl_ros.training.frame_cache import CachedTrainingFrames
 from cmirl_ros.training.pairs import PairRule, dataset_relations
 from cmirl_ros.training.splits import MultiDataset, check_disjoint, check_no_test_frames
 from cmirl_ros.training.trainer import BEST_FILE, Trainer, TrainSettings
@@ -37,18 +37,22 @@ def test_cache_equals_preprocessing_and_draws_cached_cloud_motions(tmp_path):
     assert len({m.numpy().tobytes() for m in moved}) == 2  # drawn among the 2 cached variants
 
 
+def _directory(frames):
+    return frames.files[0][2].parent
+
+
 def test_cache_is_keyed_by_preprocessing_and_reused(tmp_path):
     first = _cached(tmp_path)
-    stamp = (first.directory / "depths.npy").stat().st_mtime_ns
-    assert _cached(tmp_path).directory == first.directory
-    assert (first.directory / "depths.npy").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    stamp = first.files[0][2].stat().st_mtime_ns
+    assert _directory(_cached(tmp_path)) == _directory(first)
+    assert first.files[0][2].stat().st_mtime_ns == stamp  # reused, not rebuilt
     other = _cached(tmp_path, Preprocessing(height=24, width=32, crop_top=0.0, max_depth=5.0))
-    assert other.directory != first.directory
-    assert _cached(tmp_path, variants=3).directory != first.directory
+    assert _directory(other) != _directory(first)
+    assert _directory(_cached(tmp_path, variants=3)) != _directory(first)
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_interrupted_cache_build_leaves_no_cache(tmp_path, monkeypatch):
+def test_interrupted_cache_build_keeps_only_whole_frames(tmp_path, monkeypatch):
     calls = []
 
     def failing(points, *args):
@@ -60,9 +64,9 @@ def test_interrupted_cache_build_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(frame_cache, "perturb_cloud", failing)
     with pytest.raises(KeyboardInterrupt):
         _cached(tmp_path)
-    assert not list(tmp_path.rglob(META_FILE)) and not list(tmp_path.rglob("*.npy"))
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["000000.npz"]  # frame 0 whole, no temporary
     monkeypatch.undo()
-    assert (_cached(tmp_path).directory / META_FILE).is_file()  # the next run builds it whole
+    assert len(list(_directory(_cached(tmp_path)).glob("*.npz"))) == 6  # the next run adds the rest
 
 
 def test_frozen_trunk_blocks_give_the_same_features_without_gradients():
