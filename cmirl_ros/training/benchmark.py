@@ -9,8 +9,9 @@ Figures per step: wall and CPU seconds (CPU: all threads of this process), split
 forward, backward + optimizer, mining, and the descriptor-cache refresh. The refresh (every
 `steps_per_epoch` steps, all training frames) is timed on one cache batch and spread over the
 steps it serves; the descriptor cache is filled with random unit vectors (its content does not
-change a step's cost). One-off costs (building the preprocessing cache, the baseline's first
-decoding of every frame) are reported apart.
+change a step's cost). Every trainer gets the same modality at each step. One-off costs
+(building the preprocessing cache, the baseline's first decoding of every frame) are reported
+apart.
 """
 from __future__ import annotations
 
@@ -80,19 +81,28 @@ def _make_trainer(name, model, dataset, cfg, settings, rule, args, workdir: Path
     return trainer, setup_s
 
 
-def _refresh_seconds(trainer) -> tuple[float, float]:
-    """Wall and CPU seconds per step of the descriptor-cache refresh, from one timed cache batch."""
-    s = trainer.settings
-    probe = _FirstFrames(trainer.frames, s.cache_batch_size)
-    wall, cpu = time.perf_counter(), time.process_time()
-    trainer._encode(probe, False, "")
-    scale = len(trainer.frames) / len(probe) / s.steps_per_epoch
-    return (time.perf_counter() - wall) * scale, (time.process_time() - cpu) * scale
+def _refresh_seconds(trainers: dict, repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """Wall and CPU seconds per step of each trainer's descriptor-cache refresh: one cache batch timed
+    `repeats` times in turn (the least disturbed time kept), scaled to all frames and spread over
+    the `steps_per_epoch` steps a refresh serves."""
+    times = {name: [] for name in trainers}
+    for _ in range(repeats):
+        for name, trainer in trainers.items():
+            probe = _FirstFrames(trainer.frames, trainer.settings.cache_batch_size)
+            wall, cpu = time.perf_counter(), time.process_time()
+            trainer._encode(probe, False, "")
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    out = {}
+    for name, trainer in trainers.items():
+        scale = len(trainer.frames) / min(len(trainer.frames), trainer.settings.cache_batch_size)
+        scale /= trainer.settings.steps_per_epoch
+        out[name] = (min(w for w, _ in times[name]) * scale, min(c for _, c in times[name]) * scale)
+    return out
 
 
-def _summary(trainer, steps: int, wall: float, cpu: float, setup_s: float) -> dict:
+def _summary(trainer, steps: int, wall: float, cpu: float, setup_s: float, refresh: tuple[float, float]) -> dict:
     s = trainer.settings
-    refresh_wall, refresh_cpu = _refresh_seconds(trainer)
+    refresh_wall, refresh_cpu = refresh
     step_wall, step_cpu = wall / steps + refresh_wall, cpu / steps + refresh_cpu
     timer = trainer.timer
     breakdown = {p: timer.wall.get(p, 0.0) / steps * 1000 for p in PHASES[:-1]}
@@ -113,14 +123,24 @@ def _summary(trainer, steps: int, wall: float, cpu: float, setup_s: float) -> di
 
 
 def _time_round_robin(trainers: dict, steps: int) -> dict[str, tuple[float, float]]:
+    """Seconds (wall, CPU) of `steps` steps per trainer, in turn; every trainer gets the same modality
+    at each step (an image+depth step costs about twice an image step), drawn by the config's weights."""
+    import numpy as np
+
     from cmirl_ros.training.trainer import PhaseTimer
 
+    first = next(iter(trainers.values()))
+    names = list(first.settings.modality_weights)
+    weights = np.array([first.settings.modality_weights[k] for k in names], dtype=np.float64)
+    schedule = np.random.default_rng(0).choice(len(names), size=steps + 1, p=weights / weights.sum())
     for trainer in trainers.values():  # warm-up: allocator, thread pools, first-touch of the cache
+        trainer._draw_modality = lambda: names[schedule[0]]
         trainer.train_step()
         trainer.timer = PhaseTimer()
     totals = {name: [0.0, 0.0] for name in trainers}
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         for name, trainer in trainers.items():
+            trainer._draw_modality = lambda modality=names[schedule[step]]: modality
             wall, cpu = time.perf_counter(), time.process_time()
             trainer.train_step()
             totals[name][0] += time.perf_counter() - wall
@@ -164,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
                  for name, s in arms.items()}
         trainers = {name: trainer for name, (trainer, _) in built.items()}
         totals = _time_round_robin(trainers, args.steps)
-        arms_out = {name: _summary(trainers[name], args.steps, *totals[name], built[name][1]) for name in arms}
+        refresh = _refresh_seconds(trainers)
+        arms_out = {name: _summary(trainers[name], args.steps, *totals[name], built[name][1], refresh[name])
+                    for name in arms}
 
     main = arms_out.get("engine", arms_out["baseline"])
     base = arms_out["baseline"]
