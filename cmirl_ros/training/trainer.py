@@ -343,6 +343,7 @@ class Trainer:
                 hard_desc = map_desc[b:].reshape(b, h, -1)
             elif h:  # the cached scan descriptors: negatives that push the anchor only
                 hard_desc = torch.from_numpy(self.cache_map[hard]).to(self.device)
+                self.cache_map[positives] = pos_desc.detach().cpu().numpy()  # keep the memory fresh
             else:
                 hard_desc = map_desc.new_zeros((b, 0, map_desc.shape[1]))
             # Batch negatives: every anchor's positive scan that is a negative of this anchor.
