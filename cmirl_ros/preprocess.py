@@ -52,10 +52,17 @@ class Preprocessing:
 
     def image(self, rgb: np.ndarray) -> np.ndarray:
         """(H0,W0,3) uint8 RGB -> (3,H,W) float32, normalised."""
+        return self.normalize(self.resized_image(rgb))
+
+    def resized_image(self, rgb: np.ndarray) -> np.ndarray:
+        """(H0,W0,3) uint8 RGB -> (H,W,3) uint8, cropped and resized (what a preprocessing cache keeps)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H,W,3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
         cropped = rgb[self.crop_rows(rgb.shape[0]) :]
-        resized = cv2.resize(cropped, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return cv2.resize(cropped, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    def normalize(self, resized: np.ndarray) -> np.ndarray:
+        """(H,W,3) uint8 at the model's size -> (3,H,W) float32, normalised."""
         x = resized.astype(np.float32) * (1.0 / 255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -152,6 +152,27 @@ class Backbone(nn.Module):
         self.stage = stage
         model.prune_intermediate_layers(indices=[stage], prune_norm=True, prune_head=True)
         self.trunk = model
+        self.frozen_blocks = 0
+
+    def freeze_blocks(self, count: int) -> None:
+        """Freeze the stem and the first `count` blocks (training): they run without autograd."""
+        if not all(hasattr(self.trunk, a) for a in ("conv_stem", "bn1", "blocks")):
+            raise ValueError(f"freezing trunk stages needs an EfficientNet-style trunk, not {type(self.trunk).__name__}")
+        if not 0 <= count <= len(self.trunk.blocks):
+            raise ValueError(f"can freeze 0..{len(self.trunk.blocks)} blocks of this trunk, not {count}")
+        frozen = [self.trunk.conv_stem, self.trunk.bn1, *self.trunk.blocks[:count]] if count else []
+        for module in frozen:
+            module.requires_grad_(False)
+        self.frozen_blocks = count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
+        if not self.frozen_blocks:
+            return self.trunk.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
+        trunk = self.trunk
+        with torch.no_grad():  # nothing below needs their activations kept for a backward pass
+            x = trunk.bn1(trunk.conv_stem(x))
+            for block in trunk.blocks[: self.frozen_blocks]:
+                x = block(x)
+        for block in trunk.blocks[self.frozen_blocks :]:
+            x = block(x)
+        return x

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="preprocessing cache root (default out/cache/frames; train.frame_cache: false = none)")
     add_dataset_args(parser, required=False)
     # The config supplies the dataset; flags given on the command line override it.
     parser.set_defaults(dataset=None)
@@ -62,19 +64,45 @@ def model_config(spec, config_path: Path):
     return spec
 
 
-def data_args(cfg: dict, args: argparse.Namespace, config_path: Path) -> argparse.Namespace:
-    data = dict(cfg.get("data") or {})
-    for key in ("dataset", "root", "seq", "frames"):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = str(value)
-    if "root" not in data:
+def data_args(cfg: dict, args: argparse.Namespace, config_path: Path) -> list[dict]:
+    """The config's `data:` entries; the dataset flags override a single entry."""
+    from cmirl_ros.training.splits import data_entries
+
+    if "data" not in cfg and getattr(args, "root", None) is None:
         raise ValueError(f"{config_path}: no data root (set data.root or pass --root)")
-    return argparse.Namespace(
-        dataset=data.get("dataset", "kitti"), root=resolve_root(data["root"]),
-        seq=None if data.get("seq") is None else str(data["seq"]), frames=data.get("frames"),
-        stride=int(data.get("stride", 1)),
-    )
+    entries = data_entries(cfg.get("data") or {"root": args.root}, f"{config_path}: data")
+    flags = {key: str(getattr(args, key)) for key in ("dataset", "root", "seq", "frames")
+             if getattr(args, key, None) is not None}
+    if flags and len(entries) > 1:
+        raise ValueError(f"{config_path}: --{'/--'.join(flags)} override a single data entry, the config lists {len(entries)}")
+    entries[0].update(flags)
+    return entries
+
+
+def open_data(cfg: dict, args: argparse.Namespace, config_path: Path):
+    """(training dataset, validation dataset or None, the entries as used); test frames are refused."""
+    from cmirl_ros.training.splits import check_disjoint, data_entries, open_entries
+
+    training, used = open_entries(data_args(cfg, args, config_path), "training", resolve_root)
+    validation = None
+    if cfg.get("validation"):
+        entries = data_entries(cfg["validation"], f"{config_path}: validation")
+        validation, _ = open_entries(entries, "validation", resolve_root)
+        check_disjoint(training, validation)
+    return training, validation, used
+
+
+def training_frames(dataset, model, cfg: dict, settings, cache_dir: Path | None, progress: bool):
+    """The inputs of a dataset, from the preprocessing cache unless `train.frame_cache` is false."""
+    from cmirl_ros.training.augment import AugmentConfig
+    from cmirl_ros.training.data import TrainingFrames
+    from cmirl_ros.training.frame_cache import DEFAULT_CACHE_DIR, CachedTrainingFrames
+
+    augment = AugmentConfig.from_config(cfg.get("augment"))
+    if not settings.frame_cache:
+        return TrainingFrames(dataset, model.preprocessing, augment, settings.cloud_probability)
+    return CachedTrainingFrames(dataset, model.preprocessing, augment, settings.cloud_probability,
+                                cache_dir or DEFAULT_CACHE_DIR, settings.cloud_variants, settings.seed, progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,11 +110,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from cmirl_ros.config import load_yaml, resolve_config
-    from cmirl_ros.datasets import open_dataset
     from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.models import build_model, resolve_device, save_checkpoint
-    from cmirl_ros.training.augment import AugmentConfig
-    from cmirl_ros.training.data import StridedDataset, TrainingFrames
     from cmirl_ros.training.pairs import PairRule
     from cmirl_ros.training.trainer import Trainer, TrainSettings, init_distributed
 
@@ -102,10 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
         settings.max_steps = args.max_steps
-    d = data_args(cfg, args, config_path)
-    dataset = open_dataset(d)
-    if d.stride > 1:
-        dataset = StridedDataset(dataset, d.stride)
+    dataset, validation, used_data = open_data(cfg, args, config_path)
 
     device = resolve_device(args.device)
     env = init_distributed(device)
@@ -114,17 +136,19 @@ def run(args: argparse.Namespace) -> int:
         torch.cuda.set_device(device)
     torch.manual_seed(settings.seed)  # identical initial weights on every rank
     model = build_model(model_config(cfg["model"], config_path))
-    frames = TrainingFrames(dataset, model.preprocessing, AugmentConfig.from_config(cfg.get("augment")),
-                            settings.cloud_probability)
+    progress = not args.no_progress and env.is_main
+    frames = training_frames(dataset, model, cfg, settings, args.cache_dir, progress)
+    val_frames = None if validation is None else training_frames(validation, model, cfg, settings, args.cache_dir, progress)
     trainer = Trainer(model, frames, PairRule.from_config(cfg.get("pairs") or {}), settings, args.out, device,
-                      save_model=save_checkpoint, env=env)
+                      save_model=save_checkpoint, env=env, validation=val_frames)
     if args.resume and trainer.resume():
         print(f"resumed from {args.out} at step {trainer.step}")
     elif not args.resume and (args.out / "train_state.pt").exists():
         raise ValueError(f"{args.out}: holds a training run already; pass --resume or choose another --out")
     if env.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
-        used = {**cfg, "data": {k: str(v) if isinstance(v, Path) else v for k, v in vars(d).items()}}
+        entries = [{k: str(v) if isinstance(v, Path) else v for k, v in vars(d).items()} for d in used_data]
+        used = {**cfg, "data": entries[0] if len(entries) == 1 else entries}
         atomic_write_text(args.out / "train_config.yaml", yaml.safe_dump(used, sort_keys=False))
     summary = trainer.fit(progress=not args.no_progress)
     if env.is_main:

@@ -40,3 +40,15 @@ def place_relations(poses: np.ndarray, rule: PairRule, axes=None) -> tuple[np.nd
         if rule.negative_angle_deg is not None:
             negatives |= angles > rule.negative_angle_deg
     return positives, negatives
+
+
+def dataset_relations(dataset, rule: PairRule) -> tuple[np.ndarray, np.ndarray]:
+    """`place_relations` of a dataset's poses; frames of different simulated worlds (a dataset's optional
+    `worlds`, one label per frame) share no place: never positives, always negatives."""
+    positives, negatives = place_relations(dataset.poses, rule, dataset.ground_axes)
+    worlds = getattr(dataset, "worlds", None)
+    if worlds is not None:
+        same = np.asarray(worlds)[:, None] == np.asarray(worlds)[None, :]
+        positives &= same
+        negatives |= ~same
+    return positives, negatives

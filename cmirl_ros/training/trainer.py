@@ -4,7 +4,9 @@ One step: B anchors (query side: image, image+depth or depth, drawn per step so 
 every subset lands in one descriptor space), one positive scan per anchor (map side:
 depth only, as the map is built), and negatives = the other anchors' positives that are
 negatives of this anchor (batch mining) + the H hardest negatives of the descriptor
-cache (every training frame's image and scan descriptors, refreshed each epoch).
+cache (every training frame's image and scan descriptors, refreshed each epoch), which enter
+the loss as their cached descriptors (`memory_negatives`) or encoded again with gradients.
+A validation split, when given, is evaluated periodically and its best step kept as OUT/best.
 
 Runs on one process or under `torchrun` (DistributedDataParallel, env:// rendezvous);
 AMP on CUDA; checkpoints are atomic and hold everything needed to resume.
@@ -12,9 +14,12 @@ AMP on CUDA; checkpoints are atomic and hold everything needed to resume.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,18 +28,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cmirl_ros.atomic import atomic_write
+from cmirl_ros.atomic import atomic_write, atomic_write_text
 from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.evaluation.metrics import evaluate_retrieval
 from cmirl_ros.models.describer import Describer
 from cmirl_ros.training.data import TrainingFrames
 from cmirl_ros.training.loss import DISTANCES, distances, hardest_negatives, lazy_triplet_loss
-from cmirl_ros.training.pairs import PairRule, place_relations
+from cmirl_ros.training.pairs import PairRule, dataset_relations
 
 MODALITIES = ("image", "depth", "image+depth")
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.csv"
-LOG_FIELDS = ("step", "epoch", "loss", "active", "lr", "modality", "cache_recall@1", "seconds")
+BEST_DIR = "best"  # the model of the step with the highest validation Recall@1 (shipped layout)
+BEST_FILE = "best.json"
+LOG_FIELDS = ("step", "epoch", "loss", "active", "lr", "modality", "cache_recall@1", "val_recall@1", "seconds")
 
 
 @dataclass
@@ -63,6 +70,15 @@ class TrainSettings:
     centroid_modalities: list | None = None
     trunk_lr_scale: float = 1.0  # lr of the pretrained encoder = lr * this (the fresh heads get lr)
     modality_weights: dict = field(default_factory=lambda: {"image": 0.5, "depth": 0.1, "image+depth": 0.4})
+    # Engine (docs/training.md, "Speed"): cache negatives come from the descriptor cache, detached, instead of
+    # being encoded again with gradients (a cross-batch memory: half the map-side passes of a step).
+    memory_negatives: bool = True
+    freeze_stages: int = 0  # trunk stem + this many blocks frozen (run without autograd); 0 = all trained
+    accumulate_steps: int = 1  # micro-batches of batch_size per optimizer step
+    fused_optimizer: bool = True  # Adam's fused kernel
+    frame_cache: bool = True  # preprocessed frames on disk (cmirl_ros/training/frame_cache.py)
+    cloud_variants: int = 4  # cached moved copies of each scan the cloud motion is drawn from
+    validate_every: int = 0  # steps between validation passes (0: steps_per_epoch)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
@@ -79,7 +95,37 @@ class TrainSettings:
             raise ValueError(f"loss.distance: one of {', '.join(DISTANCES)}, got '{settings.distance}'")
         if settings.trunk_lr_scale <= 0:
             raise ValueError(f"trunk_lr_scale must be > 0, got {settings.trunk_lr_scale}")
+        if settings.accumulate_steps < 1 or settings.freeze_stages < 0 or settings.validate_every < 0:
+            raise ValueError("accumulate_steps must be >= 1, freeze_stages and validate_every >= 0")
         return settings
+
+
+class PhaseTimer:
+    """Wall and CPU (all threads) seconds per phase of training: the `cmirl bench train` breakdown."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[phase] += time.perf_counter() - wall
+            self.cpu[phase] += time.process_time() - cpu
+
+
+def freeze_trunk_stages(model: nn.Module, count: int) -> None:
+    """Freeze the stem and the first `count` blocks of every trunk of the model."""
+    from cmirl_ros.models.backbones import Backbone
+
+    trunks = [m for m in model.modules() if isinstance(m, Backbone)]
+    if count and not trunks:
+        raise ValueError("freeze_stages: the model has no trunk to freeze")
+    for trunk in trunks:
+        trunk.freeze_blocks(count)
 
 
 class TripletForward(nn.Module):
@@ -124,7 +170,8 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
 
 class Trainer:
     def __init__(self, model, frames: TrainingFrames, rule: PairRule, settings: TrainSettings, out_dir: Path,
-                 device: torch.device, save_model, env: DistEnv | None = None):
+                 device: torch.device, save_model, env: DistEnv | None = None,
+                 validation: TrainingFrames | None = None):
         self.model = model.to(device)
         self.frames = frames
         self.settings = settings
@@ -132,15 +179,23 @@ class Trainer:
         self.device = device
         self.save_model = save_model  # callable(model, directory): the shipped-model layout
         self.env = env or DistEnv()
-        self.positives, self.negatives = place_relations(frames.dataset.poses, rule, frames.dataset.ground_axes)
+        self.timer = PhaseTimer()
+        self.positives, self.negatives = dataset_relations(frames.dataset, rule)
         np.fill_diagonal(self.negatives, False)
+        self.validation = validation
+        self.val_positives = None if validation is None else dataset_relations(validation.dataset, rule)[0]
+        self.val_recall = float("nan")
+        self.best_val = -math.inf
+        if settings.freeze_stages:
+            freeze_trunk_stages(self.model, settings.freeze_stages)
         self.eligible = np.flatnonzero(self.positives.any(1) & self.negatives.any(1))
         if len(self.eligible) == 0:
             raise ValueError(
                 f"{frames.dataset.name}: no frame has both a positive (< {rule.positive_distance}) and a negative "
                 f"(> {rule.negative_distance}); widen the frame range or change the pair thresholds"
             )
-        self.optimizer = torch.optim.Adam(self._param_groups(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.Adam(self._param_groups(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                          fused=settings.fused_optimizer or None)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, settings.max_steps), eta_min=settings.min_lr
         )
@@ -184,22 +239,22 @@ class Trainer:
 
     # ---- descriptor cache ----
     @torch.no_grad()
-    def refresh_cache(self, progress: bool = True) -> None:
-        """Image and scan descriptors of every training frame with the current weights.
+    def _encode(self, frames: TrainingFrames, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+        """Image and scan descriptors of every frame with the current weights.
 
         Under DDP each rank encodes a share and an all-reduce assembles the table.
         """
         from tqdm import tqdm
 
-        n, bs = len(self.frames), self.settings.cache_batch_size
+        n, bs = len(frames), self.settings.cache_batch_size
         mine = np.arange(self.env.rank, n, self.env.world)
         describer = Describer(self.model)
         query, scan = None, None
         chunks = range(0, len(mine), bs)
-        for start in tqdm(chunks, desc="descriptor cache", disable=not (progress and self.env.is_main), leave=False):
+        for start in tqdm(chunks, desc=desc, disable=not (progress and self.env.is_main), leave=False):
             idx = mine[start : start + bs]
-            q = self._cached_descriptors(describer, images=[self.frames.image(i) for i in idx])
-            m = self._cached_descriptors(describer, depths=[self.frames.depth(i) for i in idx])
+            q = self._cached_descriptors(describer, images=[frames.image(i) for i in idx])
+            m = self._cached_descriptors(describer, depths=[frames.depth(i) for i in idx])
             if query is None:
                 query = torch.zeros((n, q.shape[1]), device=self.device)
                 scan = torch.zeros((n, m.shape[1]), device=self.device)
@@ -207,11 +262,22 @@ class Trainer:
         if self.env.world > 1:
             dist.all_reduce(query)
             dist.all_reduce(scan)
-        self.cache_query, self.cache_map = query.cpu().numpy(), scan.cpu().numpy()
-        # Free training-set check: cached images against cached scans, paper protocol.
-        result = evaluate_retrieval(self.cache_query, self.cache_map, self.positives)
-        self.cache_recall = result.recall_at_1
         _set_train_mode(self.model, self.settings.freeze_batchnorm)
+        return query.cpu().numpy(), scan.cpu().numpy()
+
+    def refresh_cache(self, progress: bool = True) -> None:
+        """Image and scan descriptors of every training frame (mining), and their Recall@1."""
+        with self.timer("cache_refresh"):
+            self.cache_query, self.cache_map = self._encode(self.frames, progress, "descriptor cache")
+            # Free training-set check: cached images against cached scans, paper protocol.
+            self.cache_recall = evaluate_retrieval(self.cache_query, self.cache_map, self.positives).recall_at_1
+
+    def validate(self, progress: bool = True) -> float:
+        """Image -> scan Recall@1 on the validation frames (paper protocol, the pair rule's positives)."""
+        with self.timer("validation"):
+            query, scan = self._encode(self.validation, progress, "validation")
+            self.val_recall = evaluate_retrieval(query, scan, self.val_positives).recall_at_1
+        return self.val_recall
 
     def _cached_descriptors(self, describer: Describer, **inputs) -> torch.Tensor:
         described = describer.describe(**inputs, batch_size=self.settings.cache_batch_size, progress=False)
@@ -240,42 +306,60 @@ class Trainer:
         return anchors, positives, hard
 
     def train_step(self) -> dict:
+        """One optimizer step over `accumulate_steps` micro-batches of `batch_size` anchors."""
         s = self.settings
-        anchors, positives, hard = self._draw_batch()
-        modality = self._draw_modality()
-        b, h = len(anchors), hard.shape[1]
-        image = depth = None
-        if "image" in modality:
-            image = torch.stack([self.frames.augmented_image(i, self.generator) for i in anchors]).to(self.device)
-        if "depth" in modality:
-            depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in anchors]).to(self.device)
-        map_ids = np.concatenate([positives, hard.reshape(-1)])
-        map_depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in map_ids]).to(self.device)
-
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            anchor_desc, map_desc = self.net(image, depth, map_depth)
-        anchor_desc, map_desc = anchor_desc.float(), map_desc.float()
-        pos_desc = map_desc[:b]
-        hard_desc = map_desc[b:].reshape(b, h, -1)
-        # Batch negatives: every anchor's positive scan that is a negative of this anchor.
-        batch_mask = torch.from_numpy(self.negatives[np.ix_(anchors, positives)]).to(self.device)
-        negs = torch.cat([pos_desc[None].expand(b, b, -1), hard_desc], dim=1)
-        mask = torch.cat([batch_mask, torch.ones((b, h), dtype=torch.bool, device=self.device)], dim=1)
-        loss = lazy_triplet_loss(anchor_desc, pos_desc, negs, s.margin, mask, s.distance)
-
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        # No active hinge: skip the update, or Adam's momentum would keep moving the weights
-        # on a zero gradient. (All ranks see their own loss; DDP already synchronised gradients.)
-        if loss.item() > 0.0 or self.env.world > 1:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        parts = [self._micro_step() for _ in range(s.accumulate_steps)]
+        # No active hinge in any micro-batch: skip the update, or Adam's momentum would keep moving the
+        # weights on a zero gradient. (All ranks see their own loss; DDP already synchronised gradients.)
+        if any(part["loss"] > 0.0 for part in parts) or self.env.world > 1:
+            with self.timer("backward"):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        with torch.no_grad():
-            d_pos = distances(anchor_desc, pos_desc[:, None, :], s.distance)
-            d_neg = distances(anchor_desc, negs, s.distance).masked_fill(~mask, float("inf"))
-            active = (d_neg < d_pos + s.margin).any(1).float().mean().item()
+        return {"loss": float(np.mean([p["loss"] for p in parts])), "active": float(np.mean([p["active"] for p in parts])),
+                "modality": parts[-1]["modality"]}
+
+    def _micro_step(self) -> dict:
+        s = self.settings
+        with self.timer("mining"):
+            anchors, positives, hard = self._draw_batch()
+            modality = self._draw_modality()
+        b, h = len(anchors), hard.shape[1]
+        with self.timer("data"):
+            image = depth = None
+            if "image" in modality:
+                image = torch.stack([self.frames.augmented_image(i, self.generator) for i in anchors]).to(self.device)
+            if "depth" in modality:
+                depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in anchors]).to(self.device)
+            map_ids = positives if s.memory_negatives else np.concatenate([positives, hard.reshape(-1)])
+            map_depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in map_ids]).to(self.device)
+
+        with self.timer("forward"):
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                anchor_desc, map_desc = self.net(image, depth, map_depth)
+            anchor_desc, map_desc = anchor_desc.float(), map_desc.float()
+            pos_desc = map_desc[:b]
+            if not s.memory_negatives:
+                hard_desc = map_desc[b:].reshape(b, h, -1)
+            elif h:  # the cached scan descriptors: negatives that push the anchor only
+                hard_desc = torch.from_numpy(self.cache_map[hard]).to(self.device)
+                self.cache_map[positives] = pos_desc.detach().cpu().numpy()  # keep the memory fresh
+            else:
+                hard_desc = map_desc.new_zeros((b, 0, map_desc.shape[1]))
+            # Batch negatives: every anchor's positive scan that is a negative of this anchor.
+            batch_mask = torch.from_numpy(self.negatives[np.ix_(anchors, positives)]).to(self.device)
+            negs = torch.cat([pos_desc[None].expand(b, b, -1), hard_desc], dim=1)
+            mask = torch.cat([batch_mask, torch.ones((b, h), dtype=torch.bool, device=self.device)], dim=1)
+            loss = lazy_triplet_loss(anchor_desc, pos_desc, negs, s.margin, mask, s.distance)
+            with torch.no_grad():
+                d_pos = distances(anchor_desc, pos_desc[:, None, :], s.distance)
+                d_neg = distances(anchor_desc, negs, s.distance).masked_fill(~mask, float("inf"))
+                active = (d_neg < d_pos + s.margin).any(1).float().mean().item()
+        with self.timer("backward"):
+            if loss.item() > 0.0 or self.env.world > 1:  # a zero loss has a zero gradient: no backward pass
+                self.scaler.scale(loss / s.accumulate_steps).backward()
         return {"loss": float(loss.item()), "active": active, "modality": modality}
 
     # ---- checkpoints ----
@@ -288,6 +372,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "torch_rng": self.generator.get_state(),
             "numpy_rng": torch.tensor(np.frombuffer(_numpy_rng_bytes(self.rng), dtype=np.uint8)),
+            "best_val": torch.tensor(self.best_val, dtype=torch.float64),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -298,6 +383,7 @@ class Trainer:
         self.generator.set_state(state["torch_rng"])
         self.rng = _numpy_rng_from_bytes(state["numpy_rng"].numpy().tobytes())
         self.step = int(state["step"])
+        self.best_val = float(state.get("best_val", -math.inf))
 
     def save(self) -> None:
         """Trainer state first, then the model in the shipped layout; both atomic."""
@@ -307,6 +393,20 @@ class Trainer:
         state = self.state_dict()
         atomic_write(self.out_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
         self.save_model(self.model, self.out_dir)
+
+    def save_best(self) -> None:
+        """The model of this step as OUT/best (shipped layout) and OUT/best.json (step, recall); both atomic."""
+        if not self.env.is_main:
+            return
+        (self.out_dir / BEST_DIR).mkdir(parents=True, exist_ok=True)
+        self.save_model(self.model, self.out_dir / BEST_DIR)
+        record = {"step": self.step, "val_recall@1": self.val_recall}
+        atomic_write_text(self.out_dir / BEST_FILE, json.dumps(record) + "\n")
+
+    def _validate_and_keep_best(self, progress: bool) -> None:
+        if self.validate(progress) > self.best_val:
+            self.best_val = self.val_recall
+            self.save_best()
 
     def resume(self) -> bool:
         path = self.out_dir / STATE_FILE
@@ -341,6 +441,9 @@ class Trainer:
                 if self.cache_query is None or self.step % s.steps_per_epoch == 0:
                     self.refresh_cache(progress)
                 last = self.train_step()
+                every = s.validate_every or s.steps_per_epoch
+                if self.validation is not None and (self.step % every == 0 or self.step == s.max_steps):
+                    self._validate_and_keep_best(progress)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", cache_r1=f"{self.cache_recall:.2f}")
                 if self.env.is_main:
@@ -348,6 +451,7 @@ class Trainer:
                         "step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": f"{last['loss']:.5f}",
                         "active": f"{last['active']:.3f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3g}",
                         "modality": last["modality"], "cache_recall@1": f"{self.cache_recall:.4f}",
+                        "val_recall@1": f"{self.val_recall:.4f}",
                         "seconds": f"{time.monotonic() - started:.1f}",
                     })
                     log_file.flush()

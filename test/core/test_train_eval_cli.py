@@ -21,7 +21,7 @@ def trained(tmp_path_factory, sevenscenes):
     (root / "tiny_model.yaml").write_text(yaml.safe_dump(TINY_MODEL))
     config = {
         "model": "tiny_model.yaml",
-        "data": {"dataset": "rgbd", "root": str(sevenscenes), "frames": "0:600", "stride": 30},
+        "data": {"dataset": "rgbd", "root": str(sevenscenes), "frames": "0:400", "stride": 20},
         "pairs": {"positive_distance": 0.3, "negative_distance": 1.0, "positive_angle_deg": 30, "negative_angle_deg": 90},
         "loss": {"margin": 0.5, "cache_negatives": 1},
         "train": {"batch_size": 4, "max_steps": 3, "steps_per_epoch": 2, "checkpoint_every": 2,
@@ -29,7 +29,8 @@ def trained(tmp_path_factory, sevenscenes):
     }
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     out = root / "model"
-    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress",
+                 "--cache-dir", str(root / "cache")]) == 0
     return root, out
 
 
@@ -39,7 +40,7 @@ def test_train_writes_model_log_and_resumes(trained):
     # A second run into the same directory must say --resume.
     assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"]) == 2
     assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(out), "--resume", "--max-steps", "4",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--cache-dir", str(root / "cache")]) == 0
     rows = list(csv.DictReader((out / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 
@@ -49,7 +50,7 @@ def test_model_flag_swaps_the_network_and_keeps_the_recipe(trained, tmp_path):
     (root / "tiny_rigid.yaml").write_text(yaml.safe_dump({**TINY_MODEL, "base": "cmirl_no_acma", "name": "tiny_rigid"}))
     out = tmp_path / "rigid"
     assert main(["train", "--config", str(root / "tiny.yaml"), "--model", str(root / "tiny_rigid.yaml"),
-                 "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+                 "--out", str(out), "--max-steps", "1", "--no-progress", "--cache-dir", str(root / "cache")]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["alignment"]["name"] == "rigid"
     used = yaml.safe_load((out / "train_config.yaml").read_text())
     assert used["model"] == str(root / "tiny_rigid.yaml") and used["loss"]["cache_negatives"] == 1

@@ -55,4 +55,4 @@ def test_short_training_improves_recall_on_held_apart_frames(sevenscenes, tmp_pa
     trainer.fit(progress=False)
     after = _recall_at_1(model, held)
     print(f"held-apart Recall@1: untrained {before:.3f} -> trained {after:.3f} ({len(held)} queries)")
-    assert after >= before + 0.08  # measured: 0.240 -> 0.373
+    assert after >= before + 0.08  # measured: 0.253 -> 0.933 (the previous trainer: 0.240 -> 0.373)
