@@ -125,7 +125,7 @@ class CachedTrainingFrames(TrainingFrames):
             frame = source[row]
             if frame.image is None or frame.points is None:
                 raise ValueError(f"{source.name} frame {frame.name}: training needs both an image and a scan")
-            image, depths = _preprocess_frame(frame, int(source.frame_ids[row]), self.pre, self.augment,
+            image, depths = _preprocess_frame(frame, int(source.frame_ids[row]), self.tensors.preprocessing, self.augment,
                                               self.variants, self.seed)
             atomic_write(path, lambda tmp: _save_npz(tmp, image=image, depths=depths))
 
@@ -134,7 +134,7 @@ class CachedTrainingFrames(TrainingFrames):
             return data[name]
 
     def image(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.pre.normalize(self._read(i, "image")))
+        return torch.from_numpy(self.tensors.preprocessing.normalize(self._read(i, "image")))
 
     def depth(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self._read(i, "depths")[:1])
