@@ -8,6 +8,8 @@ Directory layout (format version 1):
 - `keyframes.csv`: id, stamp, session, source_frame, x, y, z, qx, qy, qz, qw, frame_id.
 - `index.faiss`: the FAISS index over the descriptors (row numbers are keyframe ids).
 - `tokens.npy` (optional): (N, T, C) float16 local depth tokens for cross-modal re-ranking.
+- `clouds.npy`, `cloud_offsets.npy`, `cloud_T_cam_sensor.npy` (optional): each keyframe's scan,
+  voxel-downsampled, for registration verification (`cmirl_ros.mapdb.clouds`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmirl_ros.mapdb.clouds import CLOUD_FILES, KeyframeClouds
 from cmirl_ros.mapdb.keyframes import Keyframes
 from cmirl_ros.mapdb.storage import atomic_directory, sha256_file
 
@@ -34,7 +37,8 @@ class MapDatabase:
     """Descriptors + keyframes + index. `search` returns keyframe ids (= row numbers)."""
 
     def __init__(self, descriptors: np.ndarray, keyframes: Keyframes, manifest: dict | None = None,
-                 index_config=None, index=None, tokens: np.ndarray | None = None):
+                 index_config=None, index=None, tokens: np.ndarray | None = None,
+                 clouds: KeyframeClouds | None = None):
         from cmirl_ros.mapdb.index import IndexConfig, build_index, configure_search
 
         if descriptors.ndim != 2 or len(descriptors) != len(keyframes):
@@ -43,9 +47,12 @@ class MapDatabase:
             )
         if tokens is not None and (tokens.ndim != 3 or len(tokens) != len(keyframes)):
             raise ValueError(f"tokens {tokens.shape} do not match {len(keyframes)} keyframes (expected (N, T, C))")
+        if clouds is not None and len(clouds) != len(keyframes):
+            raise ValueError(f"{len(clouds)} keyframe clouds do not match {len(keyframes)} keyframes")
         self.descriptors = descriptors
         self.keyframes = keyframes
         self.tokens = tokens
+        self.clouds = clouds
         self.manifest = dict(manifest or {})
         self.index_config = index_config or IndexConfig()
         if index is None:
@@ -129,6 +136,8 @@ class MapDatabase:
             faiss.write_index(self.index, str(temp / INDEX))
             if self.tokens is not None:
                 np.save(temp / TOKENS, np.ascontiguousarray(self.tokens, dtype=np.float16))
+            if self.clouds is not None:
+                self.manifest["clouds"] = self.clouds.save(temp)
             manifest = self._complete_manifest(temp)
             (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self.manifest = manifest
@@ -144,7 +153,7 @@ class MapDatabase:
             index={"type": self.index_type, "config": self.index_config.to_dict(),
                    "bytes_per_entry": self.bytes_per_entry()},
             files={name: {"sha256": sha256_file(temp / name), "bytes": (temp / name).stat().st_size}
-                   for name in (DESCRIPTORS, KEYFRAMES, INDEX, TOKENS) if (temp / name).is_file()},
+                   for name in (DESCRIPTORS, KEYFRAMES, INDEX, TOKENS, *CLOUD_FILES) if (temp / name).is_file()},
         )
         counts = dict(manifest.get("counts", {}))
         counts["keyframes"] = len(self)
@@ -175,12 +184,13 @@ class MapDatabase:
         keyframes = Keyframes.read_csv(directory / KEYFRAMES)
         if len(keyframes) != len(descriptors):
             raise ValueError(f"{directory / KEYFRAMES}: {len(keyframes)} rows, but {len(descriptors)} descriptors")
+        clouds = _load_clouds(directory, manifest, len(descriptors), verify)
         stored = IndexConfig.from_dict(manifest["index"]["config"])
         config = index_config or stored
         index = None
         if config.resolved_type(len(descriptors)) == manifest["index"]["type"]:
             index = _read_index(directory / INDEX, descriptors.shape)
-        return cls(descriptors, keyframes, manifest, index_config=config, index=index, tokens=tokens)
+        return cls(descriptors, keyframes, manifest, index_config=config, index=index, tokens=tokens, clouds=clouds)
 
     # ------------------------------------------------------------------ merge
     @classmethod
@@ -207,7 +217,10 @@ class MapDatabase:
             if len({m.tokens.shape[1:] for m in maps}) > 1:
                 raise ValueError(f"cannot merge maps with token shapes {[m.tokens.shape[1:] for m in maps]}")
             tokens = np.concatenate([np.asarray(m.tokens) for m in maps])
-        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config, tokens=tokens)
+        manifest.pop("clouds", None)
+        clouds = KeyframeClouds.concatenate([m.clouds for m in maps]) if all(m.clouds is not None for m in maps) else None
+        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config, tokens=tokens,
+                   clouds=clouds)
 
 
 def read_manifest(directory: Path) -> dict:
@@ -254,6 +267,17 @@ def _check_file(directory: Path, name: str, manifest: dict, verify: bool) -> Non
         raise ValueError(f"{path}: corrupted (size {path.stat().st_size} bytes, manifest says {expected['bytes']})")
     if verify and sha256_file(path) != expected["sha256"]:
         raise ValueError(f"{path}: corrupted (sha256 does not match manifest.json)")
+
+
+def _load_clouds(directory: Path, manifest: dict, count: int, verify: bool) -> KeyframeClouds | None:
+    """The keyframe clouds when the map has them (maps built before them, or without, load as before)."""
+    if CLOUD_FILES[0] not in manifest["files"]:
+        return None
+    for name in CLOUD_FILES:
+        _check_file(directory, name, manifest, verify)
+    if not isinstance(manifest.get("clouds"), dict):
+        raise ValueError(f"{directory / MANIFEST}: lists cloud files but has no 'clouds' entry")
+    return KeyframeClouds.load(directory, manifest["clouds"], count)
 
 
 def _read_descriptors(path: Path, manifest: dict) -> np.ndarray:
