@@ -7,6 +7,8 @@
 `--conditions day=ROOT fog=ROOT ...` query sets recorded under different conditions against
 one map (paper Table 2; with --ablations too, one column per model). A variant without its own map (`NAME=MODEL@MAPDIR`)
 gets an in-memory map built from the dataset by the same code path as `cmirl map build`.
+`--verify registration --with-scan` also runs every query through the localizer's stages and reports
+verified matches (`verified_precision`, `verified_recall`, `pose_error_m_p50`, `pose_error_deg_p50`).
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--keyframe-distance", type=float, default=0.0, help="in-memory map: keyframe spacing (m)")
     parser.add_argument("--keyframe-angle", type=float, default=0.0, help="in-memory map: keyframe rotation (deg)")
+    parser.add_argument("--verify", default="none",
+                        help="verify stage for the verified-match figures: none | registration (needs --with-scan and a "
+                             "map with keyframe clouds) | ...")
+    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per query")
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.evaluation.report import markdown_table, plot_recall_curves, write_json
     from cmirl_ros.models import load_model, model_fingerprint
+    from cmirl_ros.mapdb.clouds import DEFAULT_VOXEL_M
     from cmirl_ros.training.cli import set_torch_threads
 
     set_torch_threads()
@@ -86,16 +93,22 @@ def run(args: argparse.Namespace) -> int:
     base = open_dataset(args)
     axes = base.ground_axes
     label = args.label or args.seq or base.name
-    map_cache: dict[tuple[str, str], MapSide] = {}
+    databases: dict[int, object] = {}
+    if args.verify != "none" and (args.conditions or args.ablations):
+        raise ValueError("--verify evaluates one model on one query set; drop --ablations / --conditions")
 
     def map_for(model, map_dir: str) -> MapSide:
         from cmirl_ros.mapdb import MapDatabase, build_map
 
         if map_dir:
-            return MapSide.from_database(MapDatabase.load(map_dir, expect_fingerprint=model_fingerprint(model)))
-        map_args = copy.copy(args)
-        map_args.frames = args.map_frames
-        return MapSide.from_database(build_map(open_dataset(map_args), model, args.keyframe_distance, args.keyframe_angle))
+            mapdb = MapDatabase.load(map_dir, expect_fingerprint=model_fingerprint(model))
+        else:
+            map_args = copy.copy(args)
+            map_args.frames = args.map_frames
+            mapdb = build_map(open_dataset(map_args), model, args.keyframe_distance, args.keyframe_angle,
+                              cloud_voxel=DEFAULT_VOXEL_M if args.verify != "none" else None)
+        databases[id(model)] = mapdb
+        return MapSide.from_database(mapdb)
 
     table: dict[str, dict[str, dict]] = {}  # row label -> column group -> protocol -> metrics
     curves = {}
@@ -111,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
             queries = encode_queries(model, _subset(open_dataset(query_args), args.stride), with_scan=args.with_scan)
             results = score(queries, map_side, args.radius, axes, args.angle, args.exclude_seconds, protocols)
             metrics = {p: r.to_dict() for p, r in results.items()}
+            if args.verify != "none":
+                for p in protocols:
+                    metrics[p].update(_verified(args, queries, _subset(open_dataset(query_args), args.stride),
+                                                databases[id(model)], axes, p))
             row_label = condition if condition else variant
             group = variant if condition else label
             # Table 2: rows = conditions, columns = models; otherwise rows = models, columns = the sequence.
@@ -133,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "angle": args.angle,
         "exclude_seconds": args.exclude_seconds,
         "with_scan": args.with_scan,
+        **({key: first[key] for key in VERIFIED_KEYS} if args.verify != "none" else {}),
         "rows": [{"label": lab, "results": by_group} for lab, by_group in rows],
     }
     kind = "conditions" if args.conditions else "ablations" if args.ablations else "model"
@@ -144,6 +162,26 @@ def run(args: argparse.Namespace) -> int:
     plot_recall_curves(curves, args.plot or args.json.with_suffix(".png"), title=title)
     print(markdown)
     return 0
+
+
+VERIFIED_KEYS = ("verify", "verified_precision", "verified_recall", "pose_error_m_p50", "pose_error_deg_p50",
+                 "verified_matches", "revisit_queries", "verify_candidates", "verify_ms_p50")
+
+
+def _verified(args, queries, dataset, mapdb, axes, protocol: str) -> dict:
+    """Verified-match figures of one protocol (revisit: the --exclude-seconds window applies)."""
+    from cmirl_ros.evaluation.verified import evaluate_verified
+    from cmirl_ros.localization import LocalizerConfig
+
+    if args.verify == "registration" and not args.with_scan:
+        raise ValueError("--verify registration registers each query's live scan: add --with-scan")
+    config = LocalizerConfig(top_k=1, exclude_seconds=args.exclude_seconds if protocol == "revisit" else 0.0,
+                             verify=args.verify, verify_candidates=args.verify_candidates)
+    figures = evaluate_verified(queries, dataset, mapdb, config, args.radius, axes, with_scan=args.with_scan)
+    print(f"{protocol}: verified precision {figures['verified_precision']}, recall {figures['verified_recall']} "
+          f"({figures['verified_matches']} verified of {len(queries.descriptors)}, {figures['revisit_queries']} with a true "
+          f"revisit), pose error p50 {figures['pose_error_m_p50']} m / {figures['pose_error_deg_p50']} deg")
+    return figures
 
 
 def _fmt(value) -> str:

@@ -5,21 +5,17 @@ import numpy as np
 
 
 def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:
-    """(N,>=3) points -> (M,3) float32 centroids of the occupied voxels (edge `voxel_m`), in a
-    deterministic order (sorted voxel keys), so the map and the query are reduced the same way."""
-    xyz = np.asarray(points, dtype=np.float64)[:, :3]
-    xyz = xyz[np.isfinite(xyz).all(1)]
+    """(N,>=3) points -> (M,3) float32 centroids of the occupied voxels (edge `voxel_m`); the map's
+    keyframe clouds and the query scan go through this same function (small_gicp's voxel grid)."""
+    import small_gicp
+
     if voxel_m <= 0:
         raise ValueError(f"voxel size must be > 0, got {voxel_m}")
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    xyz = np.ascontiguousarray(xyz[np.isfinite(xyz).all(1)])
     if len(xyz) == 0:
         return np.zeros((0, 3), np.float32)
-    cells = np.floor(xyz / voxel_m).astype(np.int64)
-    cells -= cells.min(0)
-    extent = cells.max(0) + 1
-    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    sums = np.stack([np.bincount(inverse, weights=xyz[:, axis], minlength=len(counts)) for axis in range(3)], 1)
-    return (sums / counts[:, None]).astype(np.float32)
+    return small_gicp.voxelgrid_sampling(xyz, voxel_m, num_threads=1).points()[:, :3].astype(np.float32)
 
 
 def transform_points(T_a_b: np.ndarray, points_b: np.ndarray) -> np.ndarray:

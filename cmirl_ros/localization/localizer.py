@@ -42,12 +42,12 @@ class LocalizerConfig:
     pose: str = "standard"
     verify_candidates: int = 5  # how many of the best candidates verification tries, in rank order
     # registration verification (`geometry.registration.RegistrationConfig`)
-    registration_min_fitness: float = 0.5
-    registration_max_rmse_m: float = 0.25
+    registration_min_fitness: float = 0.4
+    registration_max_rmse_m: float = 0.45
     registration_inlier_m: float = 0.5
-    registration_correspondence_m: float = 1.0
+    registration_correspondence_m: float = 2.0
     registration_coarse_correspondence_m: float = 4.0
-    registration_coarse_voxel_m: float = 1.5
+    registration_coarse_voxel_m: float = 2.0
     registration_yaw_hypotheses: int = 1
     registration_threads: int = 1
 
@@ -62,7 +62,7 @@ class LocalizerConfig:
         for kind in ("retrieve", "verify", "pose"):
             if getattr(self, kind) not in stage_names(kind):
                 raise ValueError(f"unknown {kind} stage '{getattr(self, kind)}'; choose one of: {', '.join(stage_names(kind))}")
-        self.registration_config(0.5)  # checks the registration figures
+        self.registration_config(1.0)  # checks the registration figures
 
     def candidates_to_fetch(self) -> int:
         """How many candidates retrieval returns: enough for the reranker and the verifier."""

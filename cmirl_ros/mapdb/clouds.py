@@ -23,7 +23,7 @@ CLOUD_OFFSETS = "cloud_offsets.npy"
 CLOUD_T_CAM_SENSOR = "cloud_T_cam_sensor.npy"
 CLOUD_FILES = (CLOUDS, CLOUD_OFFSETS, CLOUD_T_CAM_SENSOR)
 SCALE_M = 0.01
-DEFAULT_VOXEL_M = 0.5  # chosen by measurement, see docs/mapdb.md ("Keyframe clouds")
+DEFAULT_VOXEL_M = 1.0  # chosen by measurement, see docs/mapdb.md ("Keyframe clouds")
 
 
 @dataclass
