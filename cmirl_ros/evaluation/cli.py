@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 VERIFIED_KEYS = ("verify", "verified_precision", "verified_recall", "pose_error_m_p50", "pose_error_deg_p50",
-                 "verified_matches", "revisit_queries", "verify_candidates", "verify_ms_p50")
+                 "verified_place_precision", "verified_matches", "revisit_queries", "verify_candidates", "verify_ms_p50")
 
 
 def _verified(args, queries, dataset, mapdb, axes, protocol: str) -> dict:
