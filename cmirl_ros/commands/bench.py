@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: model, mapdb, geometry, sim, node"
+HELP = "benchmarks: model, mapdb, geometry, sim, node, verify"
 
 BENCHES = {
     "model": "cmirl_ros.models.benchmark",
@@ -12,6 +12,7 @@ BENCHES = {
     "geometry": "cmirl_ros.geometry.benchmark",
     "sim": "cmirl_ros.sim.benchmark",
     "node": "cmirl_ros.ros.benchmark",
+    "verify": "cmirl_ros.localization.verify_benchmark",
 }
 
 
