@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip keyframes of the same session within this many seconds (revisit protocol)")
     parser.add_argument("--rerank", default="none", help="none | exact | query_expansion | cross_attention (map built with --tokens)")
     parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
+    parser.add_argument("--verify", default="none",
+                        help="none | registration (each frame's scan against the keyframe clouds) | ...; "
+                             "unverified candidates are dropped")
+    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per frame")
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
     parser.add_argument("--json", type=Path, default=None, help="write per-query matches and the summary here")
@@ -43,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model or read_manifest(args.map).get("model", {}).get("name"), device=args.device)
     mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
     config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
-                             exclude_session=dataset.name, rerank=args.rerank)
+                             exclude_session=dataset.name, rerank=args.rerank, verify=args.verify,
+                             verify_candidates=args.verify_candidates)
     localizer = Localizer(model, mapdb, config)
     map_poses = mapdb.keyframes.poses()
     queries = []
@@ -51,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
         frame = dataset[i]
         if frame.image is None:
             raise ValueError(f"dataset {dataset.name}: frame {frame.name} has no image to localize")
-        result = localizer.localize(frame.image, frame.points if args.with_scan else None, frame.stamp, frame.calib)
+        result = _localize(localizer, frame, args)
         queries.append(_query_record(frame, result, mapdb.keyframes, map_poses, dataset, args))
     summary = summarize(queries, args.top_k)
+    if args.verify != "none":
+        summary.update(verified_summary(queries))
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +72,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _localize(localizer, frame, args):
+    """Image (+ scan with --with-scan); registration verification needs the scan even without --with-scan:
+    then the descriptor is the image's and the scan only verifies."""
+    if args.with_scan:
+        return localizer.localize(frame.image, frame.points, frame.stamp, frame.calib)
+    if args.verify == "registration":
+        image_only = localizer.localize(frame.image, None, frame.stamp, frame.calib)
+        return localizer.localize_descriptor(image_only.descriptor, frame.stamp, frame.points, frame.calib)
+    return localizer.localize(frame.image, None, frame.stamp, frame.calib)
+
+
+def verified_summary(queries: list[dict], tolerance_m: float = 1.0, tolerance_deg: float = 5.0) -> dict:
+    """Verified-match figures (see `evaluation.verified`): a verified match is correct when its
+    refined pose is within the tolerances of the ground truth."""
+    import numpy as np
+
+    from cmirl_ros.evaluation.metrics import verified_match_figures
+
+    verified = np.array([bool(q["matches"]) and q["matches"][0]["verified"] for q in queries])
+    errors = np.array([q["pose_error"] or [np.nan, np.nan] for q in queries]).reshape(-1, 2)
+    correct = (errors[:, 0] <= tolerance_m) & (errors[:, 1] <= tolerance_deg)
+    return verified_match_figures(verified, correct, np.array([q["counted"] for q in queries]), errors)
+
+
 def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     """One query: its matches, whether top-1 / any top-k is within the radius, and whether the map
     holds the place at all once the exclusion window is applied (only those queries count)."""
     import numpy as np
 
+    from cmirl_ros.evaluation.metrics import refined_pose_errors
     from cmirl_ros.geometry.poses import place_distances
 
     distances = place_distances(frame.T_world_cam[None], map_poses, dataset.ground_axes)[0]
@@ -77,6 +109,7 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     if args.exclude_seconds > 0:
         reachable &= ~((np.abs(kf.stamps - frame.stamp) <= args.exclude_seconds) & (kf.sessions == dataset.name))
     hits = [bool(distances[m.keyframe_id] < args.radius) for m in result.matches]
+    refined = result.matches[0].T_world_query if result.matches else None
     return {
         "index": frame.index, "name": frame.name, "stamp": frame.stamp,
         "position": frame.T_world_cam[:3, 3].tolist(),
@@ -86,6 +119,7 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
         "correct_top1": bool(hits[:1] == [True]),
         "correct_topk": any(hits),
         "timings_ms": result.timings_ms,
+        "pose_error": None if refined is None else refined_pose_errors(refined, frame.T_world_cam, dataset.ground_axes)[0].tolist(),
     }
 
 
