@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify stage for the verified-match figures: none | registration (needs --with-scan and a "
                              "map with keyframe clouds) | ...")
     parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per query")
+    parser.add_argument("--retrieve", default="faiss",
+                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -176,7 +178,7 @@ def _verified(args, queries, dataset, mapdb, axes, protocol: str) -> dict:
     if args.verify == "registration" and not args.with_scan:
         raise ValueError("--verify registration registers each query's live scan: add --with-scan")
     config = LocalizerConfig(top_k=1, exclude_seconds=args.exclude_seconds if protocol == "revisit" else 0.0,
-                             verify=args.verify, verify_candidates=args.verify_candidates)
+                             verify=args.verify, verify_candidates=args.verify_candidates, retrieve=args.retrieve)
     figures = evaluate_verified(queries, dataset, mapdb, config, args.radius, axes, with_scan=args.with_scan)
     print(f"{protocol}: verified precision {figures['verified_precision']}, recall {figures['verified_recall']} "
           f"({figures['verified_matches']} verified of {len(queries.descriptors)}, {figures['revisit_queries']} with a true "

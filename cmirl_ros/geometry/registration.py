@@ -84,7 +84,7 @@ def register(source: Target, target: Target, T_init: np.ndarray, config: Registr
     coarse grids, the one with the best coarse fitness refined on the fine clouds."""
     best, best_fitness = None, -1.0
     for yaw in 2 * np.pi * np.arange(config.yaw_hypotheses) / config.yaw_hypotheses:
-        coarse = _align(source.coarse, target.coarse, target.coarse_tree, np.asarray(T_init, np.float64) @ _yaw(yaw),
+        coarse = _align(source.coarse, target.coarse, target.coarse_tree, np.asarray(T_init, np.float64) @ yaw_about_z(yaw),
                         config.coarse_correspondence_m, config)
         fitness, _ = _overlap(source.coarse_structure, target.coarse_tree, coarse.T_target_source, config.coarse_voxel_m,
                               config)
@@ -140,7 +140,8 @@ def _translation_first(H: np.ndarray) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
-def _yaw(angle: float) -> np.ndarray:
+def yaw_about_z(angle: float) -> np.ndarray:
+    """(4,4) rotation by `angle` radians about z."""
     T = np.eye(4)
     c, s = np.cos(angle), np.sin(angle)
     T[:2, :2] = [[c, -s], [s, c]]

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="none | registration (each frame's scan against the keyframe clouds) | ...; "
                              "unverified candidates are dropped")
     parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per frame")
+    parser.add_argument("--retrieve", default="faiss",
+                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
     parser.add_argument("--json", type=Path, default=None, help="write per-query matches and the summary here")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
     config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
                              exclude_session=dataset.name, rerank=args.rerank, verify=args.verify,
-                             verify_candidates=args.verify_candidates)
+                             verify_candidates=args.verify_candidates, retrieve=args.retrieve)
     localizer = Localizer(model, mapdb, config)
     map_poses = mapdb.keyframes.poses()
     queries = []

@@ -41,6 +41,7 @@ class LocalizerConfig:
     verify: str = "none"  # none | registration (needs the live scan and a map with clouds) | ...
     pose: str = "standard"
     verify_candidates: int = 5  # how many of the best candidates verification tries, in rank order
+    scan_context_candidates: int = 5  # retrieve faiss_scan_context: keyframes added by the live scan's Scan Context
     # registration verification (`geometry.registration.RegistrationConfig`)
     registration_min_fitness: float = 0.4
     registration_max_rmse_m: float = 0.45
