@@ -201,3 +201,28 @@ def test_verified_match_figures_by_hand():
     assert figures["verified_precision"] == pytest.approx(2 / 3)
     assert figures["verified_recall"] == pytest.approx(1 / 4)
     assert figures["pose_error_m_p50"] == pytest.approx(0.3) and figures["pose_error_deg_p50"] == pytest.approx(0.5)
+
+
+def test_scan_context_finds_the_place_and_its_yaw(scans, far):
+    from cmirl_ros.geometry.registration import yaw_about_z
+    from cmirl_ros.geometry.scan_context import distances, scan_context
+
+    T_target_source = yaw_about_z(np.radians(150.0))  # the query drives the street the other way round
+    query = transform_points(np.linalg.inv(T_target_source), scans[QUERY][:, :3])
+    contexts = np.stack([scan_context(scans[i]) for i in (far, QUERY)])
+    distance, yaw = distances(scan_context(query), contexts)
+    assert distance[1] < 0.1 < distance[0]
+    assert abs(np.degrees(yaw[1]) - 150.0) <= 6.0  # one 6-degree sector
+
+
+def test_scan_context_retrieval_adds_the_place_the_descriptor_misses(sim, scans, far):
+    # The descriptor ranks the true place (id 2) last, out of the 2 candidates FAISS returns;
+    # faiss_scan_context brings it in from the live scan and registration verifies it.
+    mapdb = cloud_map(sim, scans, [far, far, NEAR], unit([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0]]))
+    config = dict(top_k=1, verify="registration", verify_candidates=2, scan_context_candidates=1)
+    calib = sim.calib.calibration()
+    faiss_only = Localizer(None, mapdb, LocalizerConfig(**config))
+    assert faiss_only.localize_descriptor(unit([1, 0, 0]), 0.0, scans[QUERY], calib).matches == []
+    localizer = Localizer(None, mapdb, LocalizerConfig(**config, retrieve="faiss_scan_context"))
+    result = localizer.localize_descriptor(unit([1, 0, 0]), 0.0, scans[QUERY], calib)
+    assert [m.keyframe_id for m in result.matches] == [2] and result.matches[0].verified
