@@ -33,6 +33,7 @@ class RegistrationConfig:
     inlier_m: float = 0.5  # fitness / rmse: a query point within this of the keyframe cloud is an inlier
     min_fitness: float = 0.4  # accept when fitness >= this ...
     max_rmse_m: float = 0.45  # ... and rmse <= this (of the inliers, so at most inlier_m)
+    min_inliers: int = 200  # ... and at least this many inlier structure points (a near-empty scan proves nothing)
     yaw_hypotheses: int = 1  # initial yaws 2 pi i / n about the sensor's z axis (1 = identity only)
     max_iterations: int = 20
     neighbours: int = 10  # covariance estimation
@@ -92,7 +93,8 @@ def register(source: Target, target: Target, T_init: np.ndarray, config: Registr
             best, best_fitness = coarse, fitness
     fine = _align(source.fine, target.fine, target.fine_tree, best.T_target_source, config.correspondence_m, config)
     fitness, rmse = _overlap(source.structure, target.fine_tree, fine.T_target_source, config.inlier_m, config)
-    accepted = bool(fine.converged and fitness >= config.min_fitness and rmse <= config.max_rmse_m)
+    accepted = bool(fine.converged and fitness >= config.min_fitness and rmse <= config.max_rmse_m
+                    and fitness * len(source.structure) >= config.min_inliers)
     return RegistrationResult(fine.T_target_source, fitness, rmse, _translation_first(fine.H),
                               int(best.iterations + fine.iterations), accepted)
 

@@ -45,6 +45,7 @@ class LocalizerConfig:
     # registration verification (`geometry.registration.RegistrationConfig`)
     registration_min_fitness: float = 0.4
     registration_max_rmse_m: float = 0.45
+    registration_min_inliers: int = 200
     registration_inlier_m: float = 0.5
     registration_correspondence_m: float = 2.0
     registration_coarse_correspondence_m: float = 4.0
