@@ -20,6 +20,7 @@ HELP = "evaluate place recognition (Recall@1, Recall@1%, both protocols, ablatio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cmirl_ros.datasets import add_dataset_args
+    from cmirl_ros.localization.cli import add_verification_args
 
     parser.add_argument("--model", help="shipped model name, checkpoint directory, or model config name")
     parser.add_argument("--map", type=Path, default=None,
@@ -45,12 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--keyframe-distance", type=float, default=0.0, help="in-memory map: keyframe spacing (m)")
     parser.add_argument("--keyframe-angle", type=float, default=0.0, help="in-memory map: keyframe rotation (deg)")
-    parser.add_argument("--verify", default="none",
-                        help="verify stage for the verified-match figures: none | registration (needs --with-scan and a "
-                             "map with keyframe clouds) | ...")
-    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per query")
-    parser.add_argument("--retrieve", default="faiss",
-                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
+    add_verification_args(parser)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:

@@ -21,15 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip keyframes of the same session within this many seconds (revisit protocol)")
     parser.add_argument("--rerank", default="none", help="none | exact | query_expansion | cross_attention (map built with --tokens)")
     parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
-    parser.add_argument("--verify", default="none",
-                        help="none | registration (each frame's scan against the keyframe clouds) | ...; "
-                             "unverified candidates are dropped")
-    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per frame")
-    parser.add_argument("--retrieve", default="faiss",
-                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
+    add_verification_args(parser)
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
     parser.add_argument("--json", type=Path, default=None, help="write per-query matches and the summary here")
+
+
+def add_verification_args(parser: argparse.ArgumentParser) -> None:
+    """The stage flags that `cmirl localize` and `cmirl eval` share (docs/verification.md)."""
+    parser.add_argument("--verify", default="none",
+                        help="none | registration (each frame's live scan against the keyframe clouds; needs a map with "
+                             "clouds) | ...; unverified candidates are dropped")
+    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per frame")
+    parser.add_argument("--retrieve", default="faiss",
+                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
 
 
 def run(args: argparse.Namespace) -> int:
