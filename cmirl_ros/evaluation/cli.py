@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     axes = base.ground_axes
     label = args.label or args.seq or base.name
     databases: dict[int, object] = {}
+    if args.verify == "registration" and not args.with_scan:
+        raise ValueError("--verify registration registers each query's live scan: add --with-scan")
     if args.verify != "none" and (args.conditions or args.ablations):
         raise ValueError("--verify evaluates one model on one query set; drop --ablations / --conditions")
 
@@ -171,8 +173,6 @@ def _verified(args, queries, dataset, mapdb, axes, protocol: str) -> dict:
     from cmirl_ros.evaluation.verified import evaluate_verified
     from cmirl_ros.localization import LocalizerConfig
 
-    if args.verify == "registration" and not args.with_scan:
-        raise ValueError("--verify registration registers each query's live scan: add --with-scan")
     config = LocalizerConfig(top_k=1, exclude_seconds=args.exclude_seconds if protocol == "revisit" else 0.0,
                              verify=args.verify, verify_candidates=args.verify_candidates, retrieve=args.retrieve)
     figures = evaluate_verified(queries, dataset, mapdb, config, args.radius, axes, with_scan=args.with_scan)

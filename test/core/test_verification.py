@@ -226,3 +226,24 @@ def test_scan_context_retrieval_adds_the_place_the_descriptor_misses(sim, scans,
     localizer = Localizer(None, mapdb, LocalizerConfig(**config, retrieve="faiss_scan_context"))
     result = localizer.localize_descriptor(unit([1, 0, 0]), 0.0, scans[QUERY], calib)
     assert [m.keyframe_id for m in result.matches] == [2] and result.matches[0].verified
+
+
+def test_map_build_and_eval_with_registration_verification(tmp_path, capsys):
+    from cmirl_ros.sim import simulate_sequence
+
+    config = SimConfig(trajectory="loop", frames="100:112:2", width=160, height=48, seed=3, workers=1)
+    simulate_sequence(config, tmp_path / "sim", "00", progress=False)
+    data = ["--dataset", "kitti", "--root", str(tmp_path / "sim"), "--seq", "00"]
+    assert cmirl(["map", "build", "--model", "cmirl_driving", *data, "--out", str(tmp_path / "map"), "--device", "cpu"]) == 0
+    assert cmirl(["eval", "--model", "cmirl_driving", "--map", str(tmp_path / "map"), *data, "--radius", "10",
+                  "--protocol", "paper", "--with-scan", "--verify", "registration", "--verify-candidates", "6",
+                  "--device", "cpu", "--json", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    # Paper protocol: each query's own scan is in the map, so every query verifies, to the millimetre.
+    assert report["verify"] == "registration" and report["verified_matches"] == 6
+    assert report["verified_precision"] == 1.0 and report["verified_recall"] == 1.0
+    assert report["pose_error_m_p50"] < 0.05 and report["pose_error_deg_p50"] < 0.5
+    capsys.readouterr()
+    assert cmirl(["eval", "--model", "cmirl_driving", "--map", str(tmp_path / "map"), *data, "--radius", "10",
+                  "--protocol", "paper", "--verify", "registration", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 2
+    assert "add --with-scan" in capsys.readouterr().err
