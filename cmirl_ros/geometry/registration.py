@@ -60,9 +60,6 @@ class RegistrationResult:
     iterations: int
     accepted: bool
 
-    def figures(self) -> dict:
-        return {"fitness": round(self.fitness, 4), "rmse_m": round(self.rmse_m, 4), "iterations": self.iterations}
-
 
 class Target:
     """A keyframe cloud prepared once for registration (both grids, covariances, k-d trees)."""

@@ -61,6 +61,8 @@ class LocalizerConfig:
         if self.verify_candidates < 1:
             raise ValueError(f"verify_candidates must be >= 1, got {self.verify_candidates}")
         RERANKERS.get(self.rerank)  # unknown names fail here, listing the known ones
+        if self.retrieve == "none":
+            raise ValueError("retrieve stage 'none': the query path needs a retrieve stage")
         for kind in ("retrieve", "verify", "pose"):
             if getattr(self, kind) not in stage_names(kind):
                 raise ValueError(f"unknown {kind} stage '{getattr(self, kind)}'; choose one of: {', '.join(stage_names(kind))}")

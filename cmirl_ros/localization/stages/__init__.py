@@ -80,7 +80,7 @@ def stage_names(kind: str) -> list[str]:
     return ["none"] + [n.split(":", 1)[1] for n in STAGES.names() if n.startswith(f"{kind}:")]
 
 
-def make_stage(kind: str, name: str, config, mapdb) -> Stage | None:
+def make_stage(kind: str, name: str, config, mapdb) -> "Stage | None":
     """The stage `kind:name` for this config and map; None for `none`."""
     if name == "none":
         return None
