@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: model, mapdb, geometry, sim, inputs, node, soak, train"
+HELP = "benchmarks: model, mapdb, geometry, sim, inputs, node, soak, train, verify"
 
 BENCHES = {
     "model": "cmirl_ros.benchmarks.model",
@@ -19,7 +19,8 @@ BENCHES = {
     "inputs": "cmirl_ros.benchmarks.inputs",
     "node": "cmirl_ros.ros.node_bench",
     "soak": "cmirl_ros.ros.soak_bench",
-    "train": "cmirl_ros.training.benchmark",
+    "train": "cmirl_ros.benchmarks.train",
+    "verify": "cmirl_ros.benchmarks.verify",
 }
 
 

@@ -9,6 +9,8 @@ loop-closure figures of the revisit protocol (PR curve over the top-1 score, `OU
 `--conditions day=ROOT fog=ROOT ...` query sets recorded under different conditions against
 one map (paper Table 2; with --ablations too, one column per model). A variant without its own map (`NAME=MODEL@MAPDIR`)
 gets an in-memory map built from the dataset by the same code path as `cmirl map build`.
+`--verify registration --with-scan` also runs every query through the localizer's stages and reports
+verified matches (`verified_precision`, `verified_recall`, `pose_error_m_p50`, `pose_error_deg_p50`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ HELP = "evaluate place recognition (Recall@1, Recall@1%, both protocols, ablatio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cmirl_ros.datasets import add_dataset_args
-    from cmirl_ros.localization.sequence import add_verify_arguments
+    from cmirl_ros.localization.cli import add_verification_args
 
     parser.add_argument("--model", help="shipped model name, checkpoint directory, or model config name")
     parser.add_argument("--map", type=Path, default=None,
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--keyframe-distance", type=float, default=0.0, help="in-memory map: keyframe spacing (m)")
     parser.add_argument("--keyframe-angle", type=float, default=0.0, help="in-memory map: keyframe rotation (deg)")
-    add_verify_arguments(parser)
+    add_verification_args(parser)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.evaluation.report import (markdown_table, plot_pr_curves, plot_recall_curves, pr_plot_path,
                                              write_json)
     from cmirl_ros.models import load_model, model_fingerprint
+    from cmirl_ros.mapdb.clouds import DEFAULT_VOXEL_M
     from cmirl_ros.training.cli import set_torch_threads
 
     set_torch_threads()
@@ -96,15 +99,24 @@ def run(args: argparse.Namespace) -> int:
     parse_frames(args.map_frames, "--map-frames")  # refused now, not after the models are loaded
     axes = base.ground_axes
     label = args.label or args.seq or base.name
+    databases: dict[int, object] = {}
+    if args.verify == "registration" and not args.with_scan:
+        raise ValueError("--verify registration registers each query's live scan: add --with-scan")
+    if args.verify == "registration" and (args.conditions or args.ablations):
+        raise ValueError("--verify registration evaluates one model on one query set; drop --ablations / --conditions")
 
     def map_for(model, map_dir: str) -> MapSide:
         from cmirl_ros.mapdb import MapDatabase, build_map
 
         if map_dir:
-            return MapSide.from_database(MapDatabase.load(map_dir, expect_fingerprint=model_fingerprint(model)))
-        map_args = copy.copy(args)
-        map_args.frames = args.map_frames
-        return MapSide.from_database(build_map(open_dataset(map_args, "--map-frames"), model, args.keyframe_distance, args.keyframe_angle))
+            mapdb = MapDatabase.load(map_dir, expect_fingerprint=model_fingerprint(model))
+        else:
+            map_args = copy.copy(args)
+            map_args.frames = args.map_frames
+            mapdb = build_map(open_dataset(map_args, "--map-frames"), model, args.keyframe_distance, args.keyframe_angle,
+                              cloud_voxel=DEFAULT_VOXEL_M if args.verify == "registration" else None)
+        databases[id(model)] = mapdb
+        return MapSide.from_database(mapdb)
 
     table: dict[str, dict[str, dict]] = {}  # row label -> column group -> protocol -> metrics
     curves, pr_curves = {}, {}
@@ -123,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
             for result in results.values():
                 verify_matches(result, queries, map_side, args, axes)
             metrics = {p: r.to_dict() for p, r in results.items()}
+            if args.verify == "registration":
+                for p in protocols:
+                    metrics[p].update(_verified(args, queries, _subset(open_dataset(query_args), args.stride),
+                                                databases[id(model)], axes, p))
             row_label = condition if condition else variant
             group = variant if condition else label
             # Table 2: rows = conditions, columns = models; otherwise rows = models, columns = the sequence.
@@ -153,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         "rows": [{"label": lab, "results": by_group} for lab, by_group in rows],
         "loop_closure_protocol": loop_protocol,
         **{key: rows[0][1][next(iter(rows[0][1]))][loop_protocol][key] for key in LOOP_CLOSURE_KEYS},
+        # Registration verification: its figures (refined poses, verified matches) replace the score-based ones.
+        **({key: first[key] for key in VERIFIED_KEYS} if args.verify == "registration" else {}),
         "sequence": config_from_args(args).to_dict() if args.verify == "sequence" else None,
     }
     kind = "conditions" if args.conditions else "ablations" if args.ablations else "model"
@@ -170,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
 def verify_matches(result, queries, map_side, args, axes) -> None:
     """Loop-closure figures of one protocol with `--verify`; the output pose of an image-only match is
     its keyframe's camera pose (nothing refines it), so that is what the pose error measures."""
-    if args.verify == "none":
+    if args.verify != "sequence":
         return
     from cmirl_ros.evaluation.metrics import pose_errors
     from cmirl_ros.localization.sequence import config_from_args, verify_sequence
@@ -189,6 +207,24 @@ def _loop_line(m: dict) -> str:
     if m["verify"] != "none":
         line += f"; verified ({m['verify']}): P {_fmt(m['verified_precision'])} R {_fmt(m['verified_recall'])}"
     return line
+
+
+VERIFIED_KEYS = ("verify", "verified_precision", "verified_recall", "pose_error_m_p50", "pose_error_deg_p50",
+                 "verified_place_precision", "verified_matches", "revisit_queries", "verify_candidates", "verify_ms_p50")
+
+
+def _verified(args, queries, dataset, mapdb, axes, protocol: str) -> dict:
+    """Verified-match figures of one protocol (revisit: the --exclude-seconds window applies)."""
+    from cmirl_ros.evaluation.verified import evaluate_verified
+    from cmirl_ros.localization import LocalizerConfig
+
+    config = LocalizerConfig(top_k=1, exclude_seconds=args.exclude_seconds if protocol == "revisit" else 0.0,
+                             verify=args.verify, verify_candidates=args.verify_candidates, retrieve=args.retrieve)
+    figures = evaluate_verified(queries, dataset, mapdb, config, args.radius, axes, with_scan=args.with_scan)
+    print(f"{protocol}: verified precision {figures['verified_precision']}, recall {figures['verified_recall']} "
+          f"({figures['verified_matches']} verified of {len(queries.descriptors)}, {figures['revisit_queries']} with a true "
+          f"revisit), pose error p50 {figures['pose_error_m_p50']} m / {figures['pose_error_deg_p50']} deg")
+    return figures
 
 
 def _fmt(value) -> str:

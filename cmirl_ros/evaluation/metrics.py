@@ -264,8 +264,10 @@ def average_precision(curve: PRCurve) -> float | None:
 
 
 def pose_errors(estimated: np.ndarray, truth: np.ndarray, axes=None) -> np.ndarray:
-    """(Q, 2) position error (m, on the ground `axes`) and rotation error (deg) of paired (Q,4,4) poses."""
-    estimated, truth = np.asarray(estimated, np.float64), np.asarray(truth, np.float64)
+    """(Q, 2) position error (m, on the ground `axes`; all three when None) and rotation error (deg) of
+    paired (Q,4,4) poses (or one (4,4) pair)."""
+    estimated = np.asarray(estimated, np.float64).reshape(-1, 4, 4)
+    truth = np.asarray(truth, np.float64).reshape(-1, 4, 4)
     axes = list(axes) if axes is not None else [0, 1, 2]
     position = np.linalg.norm(estimated[:, axes, 3] - truth[:, axes, 3], axis=1)
     relative = np.einsum("qji,qjk->qik", estimated[:, :3, :3], truth[:, :3, :3])
@@ -373,3 +375,25 @@ def _precision_recall(accepted: np.ndarray, correct: np.ndarray, positives: int)
 
 def _floats(values: np.ndarray) -> list:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]
+
+
+def verified_match_figures(verified: np.ndarray, correct: np.ndarray, has_revisit: np.ndarray,
+                           pose_error: np.ndarray | None = None) -> dict:
+    """Figures of verified top-1 matches over Q queries.
+
+    `verified` (Q,): the query got a verified match; `correct` (Q,): that match is a true place
+    match; `has_revisit` (Q,): the map holds the query's place (outside the exclusion window).
+    verified_precision = correct / verified; verified_recall = verified and correct among the
+    queries with a true revisit; pose errors (Q, 2) (m, deg): medians over the verified matches.
+    """
+    verified, correct, has_revisit = (np.asarray(a, bool) for a in (verified, correct, has_revisit))
+    hits = verified & correct
+    errors = np.zeros((0, 2)) if pose_error is None else np.asarray(pose_error, np.float64).reshape(-1, 2)[verified]
+    return {
+        "verified_matches": int(verified.sum()),
+        "verified_precision": float(hits.sum() / verified.sum()) if verified.any() else None,
+        "verified_recall": float((hits & has_revisit).sum() / has_revisit.sum()) if has_revisit.any() else None,
+        "revisit_queries": int(has_revisit.sum()),
+        "pose_error_m_p50": float(np.median(errors[:, 0])) if len(errors) else None,
+        "pose_error_deg_p50": float(np.median(errors[:, 1])) if len(errors) else None,
+    }

@@ -10,7 +10,6 @@ HELP = "localize a dataset's frames against a map database; writes matches and r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cmirl_ros.datasets import add_dataset_args
-    from cmirl_ros.localization.sequence import add_verify_arguments
 
     parser.add_argument("--map", type=Path, required=True, help="map directory (cmirl map build)")
     add_dataset_args(parser)
@@ -22,11 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip keyframes of the same session within this many seconds (revisit protocol)")
     parser.add_argument("--rerank", default="none", help="none | exact | query_expansion | cross_attention (map built with --tokens)")
     parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
+    add_verification_args(parser)
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
     parser.add_argument("--json", type=Path, default=None,
                         help="write per-query matches and the summary here (and the loop-closure PR curve, NAME_pr.png)")
-    add_verify_arguments(parser)
+
+
+def add_verification_args(parser: argparse.ArgumentParser) -> None:
+    """The stage flags that `cmirl localize` and `cmirl eval` share (docs/verification.md)."""
+    from cmirl_ros.localization.sequence import add_sequence_arguments
+
+    parser.add_argument("--verify", choices=("none", "registration", "sequence"), default="none",
+                        help="registration: each frame's live scan against the keyframe clouds (needs a map with "
+                             "clouds), unverified candidates are dropped; sequence: a match counts only when the last "
+                             "N queries' matches agree with the motion (image-only queries; SeqSLAM-like)")
+    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per frame")
+    parser.add_argument("--retrieve", default="faiss",
+                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
+    add_sequence_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(model_name, device=args.device)
     mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
     config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
-                             exclude_session=dataset.name, rerank=args.rerank)
+                             exclude_session=dataset.name, rerank=args.rerank, verify=args.verify,
+                             verify_candidates=args.verify_candidates, retrieve=args.retrieve)
     localizer = Localizer(model, mapdb, config)
     map_poses = mapdb.keyframes.poses()
     queries = []
@@ -57,11 +71,13 @@ def run(args: argparse.Namespace) -> int:
         frame = dataset[i]
         if frame.image is None:
             raise ValueError(f"dataset {dataset.name}: frame {frame.name} has no image to localize")
-        result = localizer.localize(frame.image, frame.points if args.with_scan else None, frame.stamp, frame.calib)
+        result = _localize(localizer, frame, args)
         queries.append(_query_record(frame, result, mapdb.keyframes, map_poses, dataset, args))
     summary = summarize(queries, args.top_k)
     loop_closure = loop_closure_of(queries, dataset.ground_axes, args)
     summary.update({key: loop_closure.to_dict()[key] for key in LOOP_CLOSURE_KEYS})
+    if args.verify == "registration":
+        summary.update(verified_summary(queries))
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +90,30 @@ def run(args: argparse.Namespace) -> int:
                        title=f"{dataset.name}: loop closures, radius {args.radius} m")
         print(f"wrote {args.json}")
     return 0
+
+
+def _localize(localizer, frame, args):
+    """Image (+ scan with --with-scan); registration verification needs the scan even without --with-scan:
+    then the descriptor is the image's and the scan only verifies."""
+    if args.with_scan:
+        return localizer.localize(frame.image, frame.points, frame.stamp, frame.calib)
+    if args.verify == "registration":
+        image_only = localizer.localize(frame.image, None, frame.stamp, frame.calib)
+        return localizer.localize_descriptor(image_only.descriptor, frame.stamp, frame.points, frame.calib)
+    return localizer.localize(frame.image, None, frame.stamp, frame.calib)
+
+
+def verified_summary(queries: list[dict], tolerance_m: float = 1.0, tolerance_deg: float = 5.0) -> dict:
+    """Verified-match figures (see `evaluation.verified`): a verified match is correct when its
+    refined pose is within the tolerances of the ground truth."""
+    import numpy as np
+
+    from cmirl_ros.evaluation.metrics import verified_match_figures
+
+    verified = np.array([bool(q["matches"]) and q["matches"][0]["verified"] for q in queries])
+    errors = np.array([q["pose_error"] or [np.nan, np.nan] for q in queries]).reshape(-1, 2)
+    correct = (errors[:, 0] <= tolerance_m) & (errors[:, 1] <= tolerance_deg)
+    return verified_match_figures(verified, correct, np.array([q["counted"] for q in queries]), errors)
 
 
 def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
@@ -91,6 +131,7 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     reachable = (distances < args.radius) & allowed
     hits = [bool(distances[m.keyframe_id] < args.radius) for m in result.matches]
     best = result.matches[0] if result.matches else None
+    output_pose = None if best is None else best.T_world_query if best.T_world_query is not None else best.T_world_cam
     return {
         "index": frame.index, "name": frame.name, "stamp": frame.stamp,
         "position": frame.T_world_cam[:3, 3].tolist(),
@@ -100,8 +141,9 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
         "correct_top1": bool(hits[:1] == [True]),
         "correct_topk": any(hits),
         "chance_correct": float(reachable.sum() / max(allowed.sum(), 1)),
-        "pose_error": None if best is None else pose_errors(best.T_world_cam[None], frame.T_world_cam[None],
-                                                            dataset.ground_axes)[0].tolist(),
+        # The output pose: refined by registration when verified, else the matched keyframe's.
+        "pose_error": None if output_pose is None else pose_errors(output_pose, frame.T_world_cam,
+                                                                   dataset.ground_axes)[0].tolist(),
         "timings_ms": result.timings_ms,
     }
 

@@ -124,12 +124,9 @@ def verify_sequence(stamps: np.ndarray, match_positions: np.ndarray, has_match: 
     ], dtype=bool)
 
 
-def add_verify_arguments(parser) -> None:
-    """Verification of each query's top-1 match before it counts as a loop closure."""
+def add_sequence_arguments(parser) -> None:
+    """The settings of `--verify sequence`."""
     d = SequenceConfig()
-    parser.add_argument("--verify", choices=("none", "sequence"), default="none",
-                        help="sequence: confirm a match only when the last N queries' matches agree with the motion "
-                             "(image-only queries; SeqSLAM-like)")
     parser.add_argument("--sequence-length", type=int, default=d.length, help="N consecutive agreeing matches")
     parser.add_argument("--sequence-tolerance", type=float, default=d.tolerance_m,
                         help="per step: |matched keyframe distance - travelled distance| (m)")

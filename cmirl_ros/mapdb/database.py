@@ -8,6 +8,8 @@ Directory layout (format version 1):
 - `keyframes.csv`: id, stamp, session, source_frame, x, y, z, qx, qy, qz, qw, frame_id.
 - `index.faiss`: the FAISS index over the descriptors (row numbers are keyframe ids).
 - `tokens.npy` (optional): (N, T, C) float16 local depth tokens for cross-modal re-ranking.
+- `clouds.npy`, `cloud_offsets.npy`, `cloud_T_cam_sensor.npy` (optional): each keyframe's scan,
+  voxel-downsampled, for registration verification (`cmirl_ros.mapdb.clouds`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import numpy as np
 
 from cmirl_ros.formats import MAP_FORMAT as FORMAT
 from cmirl_ros.formats import MAP_FORMAT_VERSION as FORMAT_VERSION
+from cmirl_ros.formats import MapFormatError, refusing
+from cmirl_ros.mapdb.clouds import CLOUD_FILES, KeyframeClouds
 from cmirl_ros.mapdb.keyframes import Keyframes
 from cmirl_ros.mapdb.storage import atomic_directory, sha256_file
 from cmirl_ros.mapdb.validate import (
@@ -43,7 +47,8 @@ class MapDatabase:
     """Descriptors + keyframes + index. `search` returns keyframe ids (= row numbers)."""
 
     def __init__(self, descriptors: np.ndarray, keyframes: Keyframes, manifest: dict | None = None,
-                 index_config=None, index=None, tokens: np.ndarray | None = None):
+                 index_config=None, index=None, tokens: np.ndarray | None = None,
+                 clouds: KeyframeClouds | None = None):
         from cmirl_ros.mapdb.index import IndexConfig, build_index, configure_search
 
         if descriptors.ndim != 2 or len(descriptors) != len(keyframes):
@@ -52,9 +57,12 @@ class MapDatabase:
             )
         if tokens is not None and (tokens.ndim != 3 or len(tokens) != len(keyframes)):
             raise ValueError(f"tokens {tokens.shape} do not match {len(keyframes)} keyframes (expected (N, T, C))")
+        if clouds is not None and len(clouds) != len(keyframes):
+            raise ValueError(f"{len(clouds)} keyframe clouds do not match {len(keyframes)} keyframes")
         self.descriptors = descriptors
         self.keyframes = keyframes
         self.tokens = tokens
+        self.clouds = clouds
         self.manifest = dict(manifest or {})
         self.index_config = index_config or IndexConfig()
         if index is None:
@@ -138,6 +146,8 @@ class MapDatabase:
             faiss.write_index(self.index, str(temp / INDEX))
             if self.tokens is not None:
                 np.save(temp / TOKENS, np.ascontiguousarray(self.tokens, dtype=np.float16))
+            if self.clouds is not None:
+                self.manifest["clouds"] = self.clouds.save(temp)
             manifest = self._complete_manifest(temp)
             (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self.manifest = manifest
@@ -153,7 +163,7 @@ class MapDatabase:
             index={"type": self.index_type, "config": self.index_config.to_dict(),
                    "bytes_per_entry": self.bytes_per_entry()},
             files={name: {"sha256": sha256_file(temp / name), "bytes": (temp / name).stat().st_size}
-                   for name in (DESCRIPTORS, KEYFRAMES, INDEX, TOKENS) if (temp / name).is_file()},
+                   for name in (DESCRIPTORS, KEYFRAMES, INDEX, TOKENS, *CLOUD_FILES) if (temp / name).is_file()},
         )
         counts = dict(manifest.get("counts", {}))
         counts["keyframes"] = len(self)
@@ -182,9 +192,10 @@ class MapDatabase:
         descriptors = read_array(directory / DESCRIPTORS, np.float32, shape)
         tokens = read_array(directory / TOKENS, np.float16, (shape[0], None, None)) if has_tokens else None
         keyframes = read_keyframes(directory / KEYFRAMES, shape[0])
+        clouds = _load_clouds(directory, manifest, shape[0], verify)
         config = index_config or stored
         index = read_index(directory / INDEX, shape) if config.resolved_type(shape[0]) == manifest["index"]["type"] else None
-        return cls(descriptors, keyframes, manifest, index_config=config, index=index, tokens=tokens)
+        return cls(descriptors, keyframes, manifest, index_config=config, index=index, tokens=tokens, clouds=clouds)
 
     # ------------------------------------------------------------------ merge
     @classmethod
@@ -211,5 +222,19 @@ class MapDatabase:
             if len({m.tokens.shape[1:] for m in maps}) > 1:
                 raise ValueError(f"cannot merge maps with token shapes {[m.tokens.shape[1:] for m in maps]}")
             tokens = np.concatenate([np.asarray(m.tokens) for m in maps])
-        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config, tokens=tokens)
+        manifest.pop("clouds", None)
+        clouds = KeyframeClouds.concatenate([m.clouds for m in maps]) if all(m.clouds is not None for m in maps) else None
+        return cls(descriptors, keyframes, manifest, index_config=index_config or maps[0].index_config, tokens=tokens,
+                   clouds=clouds)
 
+
+def _load_clouds(directory: Path, manifest: dict, count: int, verify: bool) -> KeyframeClouds | None:
+    """The keyframe clouds when the map has them (maps built before them, or without, load as before)."""
+    if CLOUD_FILES[0] not in manifest["files"]:
+        return None
+    for name in CLOUD_FILES:
+        check_file(directory, name, manifest, verify)
+    if not isinstance(manifest.get("clouds"), dict):
+        raise MapFormatError(directory / MANIFEST, "lists cloud files but has no 'clouds' entry")
+    with refusing(directory / CLOUD_FILES[0], MapFormatError, "inconsistent keyframe clouds"):
+        return KeyframeClouds.load(directory, manifest["clouds"], count)

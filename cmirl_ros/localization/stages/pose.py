@@ -1,0 +1,41 @@
+"""pose:standard: the pose and covariance of the best candidate.
+
+A verified candidate (a registration stage set `T_world_query` and `information`) gives the refined
+query pose; its covariance is the inverse information, moved from the query camera frame to the
+map frame (Ad(T_world_query) C Ad^T). Otherwise the pose is the keyframe's and the covariance comes
+from the spread of the candidates' scores and poses (`localization.covariance.match_covariance`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cmirl_ros.geometry.registration import adjoint
+from cmirl_ros.localization.covariance import match_covariance
+from cmirl_ros.localization.stages import Candidates, QueryInput, register_stage
+
+
+@register_stage("pose", "standard")
+def standard_pose(config, mapdb):
+    def pose(candidates: Candidates, query: QueryInput) -> Candidates:
+        if not len(candidates):
+            return candidates
+        if "information" in candidates.extras:
+            candidates.covariance = map_frame_covariance(candidates.extras["T_world_query"][0],
+                                                         candidates.extras["information"][0])
+        else:
+            candidates.covariance = match_covariance(candidates.scores[: config.top_k],
+                                                     candidates.T_world_cam[: config.top_k],
+                                                     config.covariance_temperature, config.position_floor_m,
+                                                     config.rotation_floor_deg)
+        return candidates
+
+    return pose
+
+
+def map_frame_covariance(T_world_query: np.ndarray, information: np.ndarray) -> np.ndarray:
+    """(6,6) covariance of (x, y, z, rx, ry, rz) in the map frame from the information of a right
+    perturbation in the query frame."""
+    covariance = np.linalg.pinv(information, hermitian=True)
+    Ad = adjoint(T_world_query)
+    covariance = Ad @ covariance @ Ad.T
+    return 0.5 * (covariance + covariance.T)

@@ -1,0 +1,57 @@
+"""retrieve:faiss_scan_context: the FAISS candidates of the descriptor, interleaved with the
+keyframes whose clouds best match the live scan by Scan Context (`geometry.scan_context`).
+
+The descriptor sees what the camera sees; a street revisited in the other direction or entered
+from a junction looks different to it but not to a 360-degree LiDAR. With a live scan, the first
+`scan_context_candidates` keyframes by Scan Context distance join the FAISS list (alternating,
+best first, no repeats), under the same self-match guard; every candidate gets the Scan Context
+yaw as `yaw_guess` (the initial guess of registration verification). Without a scan it is
+`retrieve:faiss`. Map-side contexts are computed once from the map's keyframe clouds.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cmirl_ros.geometry.scan_context import distances, scan_context
+from cmirl_ros.localization.stages import Candidates, QueryInput, register_stage
+from cmirl_ros.localization.stages.retrieve import faiss_retrieval
+
+
+@register_stage("retrieve", "faiss_scan_context")
+def faiss_and_scan_context(config, mapdb):
+    if mapdb.clouds is None:
+        raise ValueError("retrieve 'faiss_scan_context' needs a map with keyframe clouds; "
+                         "rebuild it with `cmirl map build --cloud-voxel V`")
+    by_descriptor = faiss_retrieval(config, mapdb)
+    contexts = np.stack([scan_context(mapdb.clouds.cloud(i)) for i in range(len(mapdb))])
+    keyframes = mapdb.keyframes
+
+    def retrieve(_: Candidates | None, query: QueryInput) -> Candidates:
+        found = by_descriptor(None, query)
+        if query.points is None:
+            return found
+        allowed = np.flatnonzero(_outside_window(keyframes, query.stamp, config))
+        distance, yaw = np.full(len(mapdb), np.inf), np.zeros(len(mapdb))
+        distance[allowed], yaw[allowed] = distances(scan_context(query.points), contexts[allowed])
+        by_scan = allowed[np.argsort(distance[allowed], kind="stable")[: config.scan_context_candidates]]
+        ids = _interleave(found.ids, by_scan)
+        scores = np.asarray(mapdb.descriptors[np.sort(ids)], np.float32)[np.argsort(np.argsort(ids))] @ query.descriptor
+        return Candidates(ids, scores.astype(np.float32), keyframes.poses(ids), {"yaw_guess": yaw[ids]})
+
+    return retrieve
+
+
+def _outside_window(keyframes, stamp: float, config) -> np.ndarray:
+    if config.exclude_seconds <= 0:
+        return np.ones(len(keyframes), bool)
+    near = np.abs(keyframes.stamps - stamp) <= config.exclude_seconds
+    if config.exclude_session is not None:
+        near &= keyframes.sessions == config.exclude_session
+    return ~near
+
+
+def _interleave(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    merged = [int(i) for pair in zip(first, second) for i in pair]
+    longer = first if len(first) > len(second) else second
+    merged += [int(i) for i in longer[min(len(first), len(second)):]]
+    return np.array(list(dict.fromkeys(merged)), dtype=np.int64)
