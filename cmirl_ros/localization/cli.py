@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(model_name, device=args.device)
     mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
     config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
-                             exclude_session=dataset.name, rerank=args.rerank, verify=args.verify,
+                             exclude_session=dataset.name, rerank=args.rerank,
+                             verify="registration" if args.verify == "registration" else "none",  # sequence: below
                              verify_candidates=args.verify_candidates, retrieve=args.retrieve)
     localizer = Localizer(model, mapdb, config)
     map_poses = mapdb.keyframes.poses()
