@@ -29,10 +29,10 @@ from cmirl_ros.sensor_decoding import (
     pointcloud2_to_xyzi,
     stamp_to_seconds,
 )
-from cmirl_ros.topics import BAG_TOPICS
+from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
 
 SCAN_SLOP = 0.05  # s
-COMPRESSED_SUFFIX = "/compressed"  # image_transport's compressed topic: <image topic>/compressed
+
 
 
 def resolve_bag_path(path: str | Path) -> Path:
