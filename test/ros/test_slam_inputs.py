@@ -1,0 +1,206 @@
+"""The node's inputs as a robot publishes them, over FastDDS in separate processes.
+
+- A bag recorded with CompressedImage and a tf tree (base_link -> velodyne, base_link ->
+  camera_optical), `cmirl bag from-kitti --compressed`, replays (`cmirl bag play`) into a node
+  with use_scan, image_transport compressed and no calib file: every query is fused, with the
+  calibration from tf + CameraInfo, and the shipped model finds the right places.
+- Two localizers in the namespaces robot1 and robot2 on one graph, each fed on its own
+  namespace's relative default topics, answer only their own robot's images.
+- With use_scan, a LiDAR that stays silent puts /diagnostics at ERROR and no image is answered
+  alone (fallback_image_only off).
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_end_to_end import run_pipeline
+from test_node_lifecycle import Client
+
+from cmirl_ros.ros.localizer_node import READY_LOG
+from cmirl_ros.ros.processes import RosProcess, start_localizer, write_params_file
+
+SHIPPED = "cmirl_driving"
+
+
+def shipped_model_or_skip():
+    from cmirl_ros.models import load_model
+    from cmirl_ros.models.checkpoint import WEIGHTS_FILE
+    from cmirl_ros.paths import models_dir
+
+    try:
+        present = (models_dir() / SHIPPED / WEIGHTS_FILE).is_file()
+    except FileNotFoundError:
+        present = False
+    if not present:
+        pytest.skip(f"models/{SHIPPED} is not shipped in this checkout")
+    return load_model(SHIPPED, device="cpu")
+
+
+@pytest.mark.slow
+def test_compressed_bag_with_tf_replays_into_the_node_without_calib_file(tmp_path):
+    from dataclasses import replace
+
+    from cmirl_ros.datasets.bag import BagSequence
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.mapdb import MapDatabase, build_map
+    from cmirl_ros.ros.bag_eval import read_recording, score
+    from cmirl_ros.sim.sequence import DEMO_SIM, simulate_sequence
+
+    model = shipped_model_or_skip()
+    # 15 s of the demo route, one frame every 0.6 s.
+    simulate_sequence(replace(DEMO_SIM, frames="0:150:6", workers=1), tmp_path / "sim", "00", progress=False)
+    dataset = KittiSequence(tmp_path / "sim", "00")
+    build_map(dataset, model, keyframe_distance=2.0, progress=False).save(tmp_path / "map")
+    bag = tmp_path / "bag"
+    converted = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "from-kitti", "--root", str(tmp_path / "sim"),
+                                "--seq", "00", "--out", str(bag), "--compressed"], capture_output=True, text=True, timeout=300)
+    assert converted.returncode == 0, converted.stderr
+    sequence = BagSequence(bag)
+    assert sequence.image_topic == "/camera/image/compressed"
+
+    params = {"model": SHIPPED, "map": str(tmp_path / "map"), "device": "cpu", "use_scan": True,
+              "image_transport": "compressed", "calib_file": "", "exclude_seconds": 0.0, "stats_window": 1e6}
+    recording = run_pipeline(bag, params, tmp_path / "run", rate=1.0,
+                             wait_for=("/camera/image/compressed", "/lidar/points", "/tf_static"))
+    log = (tmp_path / "run" / "localizer.log").read_text()
+    assert "calibration from tf + CameraInfo" in log, log[-2000:]
+    recorded = read_recording(recording)
+    last = recorded.diagnostics[-1]
+    assert len(recorded.stamps) >= 0.95 * len(dataset), f"{len(recorded.stamps)} of {len(dataset)} answered: {last}"
+    # Fused, every one: the scans were projected with the extrinsics from tf, not dropped.
+    assert int(last["fused"]) == int(last["answered"]) == len(recorded.stamps), last
+    assert int(last["no_calibration"]) == 0 and int(last["rejected"]) == 0, last
+    assert last["tf"] == "base_link -> camera_optical, velodyne: ok", last
+    protocols, _, _ = score(recorded, sequence, MapDatabase.load(tmp_path / "map"), radius=10.0, exclude_seconds=0.0)
+    recall = protocols["paper"]["recall@1"]
+    print(f"{SHIPPED}, compressed bag + tf, no calib file: Recall@1 {recall:.3f} over {protocols['paper']['queries']} "
+          f"queries, {last['fused']} fused")
+    assert recall >= 0.9, protocols["paper"]
+
+
+def start_namespaced(namespace: str, params: dict, workdir) -> RosProcess:
+    params_file = write_params_file(workdir / f"{namespace}_params.yaml", params)
+    return RosProcess([sys.executable, "-m", "cmirl_ros.ros.localizer_node", "--ros-args", "-r", f"__ns:=/{namespace}",
+                       "--params-file", str(params_file)], workdir / f"{namespace}.log")
+
+
+def test_two_namespaced_localizers_do_not_cross_talk(sim_root, lite_checkpoint, lite_map, ros_workdir):
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
+
+    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "qos": "reliable", "num_threads": 1,
+              "publish_markers": False}
+    robots = {"robot1": 100.0, "robot2": 200.0}  # stamps each robot's images carry
+    processes = {name: start_namespaced(name, params, ros_workdir) for name in robots}
+    rclpy.init()
+    node = rclpy.create_node("cmirl_namespace_test")
+    client = Client(rclpy, node)
+    try:
+        for process in processes.values():
+            process.wait_for(READY_LOG, 300)
+        assert "image /robot1/camera/image" in processes["robot1"].log()
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        received = {name: [] for name in robots}
+        publishers = {}
+        for name in robots:  # each robot's camera, on its own namespace's relative topic
+            robot = rclpy.create_node("camera", namespace=name)
+            publishers[name] = robot.create_publisher(Image, "camera/image", reliable)
+            node.create_subscription(PoseWithCovarianceStamped, f"/{name}/localizer/match",
+                                     lambda msg, name=name: received[name].append(msg.header.stamp.sec), reliable)
+        assert client.spin_until(lambda: all(p.get_subscription_count() == 1 for p in publishers.values()), 20), \
+            "each robot's camera topic should have exactly its own localizer subscribed"
+        frame = KittiSequence(sim_root, "00")[3]
+        for k in range(3):
+            for name, base in robots.items():
+                publishers[name].publish(numpy_to_image(frame.image, "rgb8", stamp=seconds_to_stamp(base + k), frame_id="camera"))
+            assert client.spin_until(lambda: all(len(r) > k for r in received.values()), 60), received
+        time.sleep(0.5)
+        client.spin_until(lambda: False, 0.5)
+        assert received == {name: [int(base) + k for k in range(3)] for name, base in robots.items()}
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        codes = {name: process.stop(signal.SIGINT) for name, process in processes.items()}
+    assert codes == {"robot1": 0, "robot2": 0}, {name: p.log()[-2000:] for name, p in processes.items()}
+
+
+def test_silent_lidar_is_an_error_and_images_are_not_answered_alone(sim_root, sim_calib_file, lite_checkpoint, lite_map,
+                                                                   ros_workdir):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
+
+    process = start_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
+                               "calib_file": str(sim_calib_file), "qos": "reliable", "num_threads": 1,
+                               "scan_timeout": 0.5, "diagnostics_period": 0.2, "sync_queue_size": 2}, ros_workdir)
+    rclpy.init()
+    node = rclpy.create_node("cmirl_dead_lidar_test")
+    client = Client(rclpy, node)
+    try:
+        process.wait_for(READY_LOG, 120)
+        images = node.create_publisher(Image, "/camera/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        matches, statuses = [], []
+        node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
+        node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
+        assert client.spin_until(lambda: images.get_subscription_count() > 0, 10)
+        frame = KittiSequence(sim_root, "00")[2]
+        for k in range(5):
+            images.publish(numpy_to_image(frame.image, "rgb8", stamp=seconds_to_stamp(10.0 + k), frame_id="camera"))
+
+        def silent_after_all_images(status) -> bool:
+            counted = any(kv.key == "images" and kv.value == "5" for kv in status.values)
+            return counted and status.level == DiagnosticStatus.ERROR
+
+        assert client.spin_until(lambda: statuses and silent_after_all_images(statuses[-1]), 10), statuses[-1:]
+        status = statuses[-1]
+        values = {kv.key: kv.value for kv in status.values}
+        assert "no scan on /lidar/points" in status.message and "no query answered" in status.message, status.message
+        assert not matches and int(values["images"]) == 5 and int(values["answered"]) == 0, values
+        assert int(values["unpaired_images"]) == 3, values  # the queue keeps the newest 2
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = process.stop(signal.SIGINT)
+    assert code == 0, process.log()[-3000:]
+
+
+def test_qos_overrides_by_parameter(lite_checkpoint, lite_map, ros_workdir):
+    """ROS's per-topic QoS override parameters apply to the node's inputs; `qos` stays the default."""
+    import rclpy
+    from rclpy.qos import ReliabilityPolicy
+
+    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "num_threads": 1,
+              "qos_overrides": {"/camera/image": {"subscription": {"reliability": "reliable", "depth": 3}}}}
+    process = start_localizer(params, ros_workdir)
+    rclpy.init()
+    node = rclpy.create_node("cmirl_qos_test")
+    client = Client(rclpy, node)
+    try:
+        process.wait_for(READY_LOG, 120)
+
+        def reliability(topic: str):
+            infos = node.get_subscriptions_info_by_topic(topic)
+            return infos[0].qos_profile.reliability if infos else None
+
+        assert client.spin_until(lambda: reliability("/camera/image") is not None, 10)
+        assert reliability("/camera/image") == ReliabilityPolicy.RELIABLE
+        assert reliability("/camera/camera_info") == ReliabilityPolicy.BEST_EFFORT  # qos: sensor_data
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = process.stop(signal.SIGINT)
+    assert code == 0, process.log()[-3000:]
