@@ -64,9 +64,9 @@ def test_compressed_bag_with_tf_replays_into_the_node_without_calib_file(tmp_pat
 
     params = {"model": SHIPPED, "map": str(tmp_path / "map"), "device": "cpu", "use_scan": True,
               "image_transport": "compressed", "calib_file": "", "exclude_seconds": 0.0, "stats_window": 1e6}
-    recording = run_pipeline(bag, params, tmp_path / "run", rate=1.0,
+    recording = run_pipeline(bag, params, tmp_path, rate=1.0,
                              wait_for=("/camera/image/compressed", "/lidar/points", "/tf_static"))
-    log = (tmp_path / "run" / "localizer.log").read_text()
+    log = (tmp_path / "localizer.log").read_text()
     assert "calibration from tf + CameraInfo" in log, log[-2000:]
     recorded = read_recording(recording)
     last = recorded.diagnostics[-1]
