@@ -19,25 +19,12 @@ import time
 import pytest
 from test_end_to_end import run_pipeline
 from test_node_lifecycle import Client
+from test_shipped_model import load_shipped_or_skip
 
 from cmirl_ros.ros.localizer_node import READY_LOG
 from cmirl_ros.ros.processes import RosProcess, start_localizer, write_params_file
 
 SHIPPED = "cmirl_driving"
-
-
-def shipped_model_or_skip():
-    from cmirl_ros.models import load_model
-    from cmirl_ros.models.checkpoint import WEIGHTS_FILE
-    from cmirl_ros.paths import models_dir
-
-    try:
-        present = (models_dir() / SHIPPED / WEIGHTS_FILE).is_file()
-    except FileNotFoundError:
-        present = False
-    if not present:
-        pytest.skip(f"models/{SHIPPED} is not shipped in this checkout")
-    return load_model(SHIPPED, device="cpu")
 
 
 @pytest.mark.slow
@@ -50,7 +37,7 @@ def test_compressed_bag_with_tf_replays_into_the_node_without_calib_file(tmp_pat
     from cmirl_ros.ros.bag_eval import read_recording, score
     from cmirl_ros.sim.sequence import DEMO_SIM, simulate_sequence
 
-    model = shipped_model_or_skip()
+    model = load_shipped_or_skip()
     # 15 s of the demo route, one frame every 0.6 s.
     simulate_sequence(replace(DEMO_SIM, frames="0:150:6", workers=1), tmp_path / "sim", "00", progress=False)
     dataset = KittiSequence(tmp_path / "sim", "00")
