@@ -8,6 +8,7 @@
   namespace's relative default topics, answer only their own robot's images.
 - With use_scan, a LiDAR that stays silent puts /diagnostics at ERROR and no image is answered
   alone (fallback_image_only off).
+- Per-input QoS overrides by parameter; a CameraInfo that cannot be honoured is refused.
 """
 from __future__ import annotations
 
@@ -165,12 +166,20 @@ def test_silent_lidar_is_an_error_and_images_are_not_answered_alone(sim_root, si
     assert code == 0, process.log()[-3000:]
 
 
-def test_qos_overrides_by_parameter(lite_checkpoint, lite_map, ros_workdir):
-    """ROS's per-topic QoS override parameters apply to the node's inputs; `qos` stays the default."""
+def test_qos_overrides_and_unusable_camera_info(sim_root, lite_checkpoint, lite_map, ros_workdir):
+    """ROS's per-topic QoS override parameters apply to the node's inputs (`qos` stays the default);
+    a CameraInfo whose distortion cannot be honoured is refused with the reason, and an image that
+    does not fit the CameraInfo in use is rejected rather than queried with wrong intrinsics."""
     import rclpy
-    from rclpy.qos import ReliabilityPolicy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image
 
     params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "num_threads": 1,
+              "diagnostics_period": 0.2,
               "qos_overrides": {"/camera/image": {"subscription": {"reliability": "reliable", "depth": 3}}}}
     process = start_localizer(params, ros_workdir)
     rclpy.init()
@@ -186,6 +195,25 @@ def test_qos_overrides_by_parameter(lite_checkpoint, lite_map, ros_workdir):
         assert client.spin_until(lambda: reliability("/camera/image") is not None, 10)
         assert reliability("/camera/image") == ReliabilityPolicy.RELIABLE
         assert reliability("/camera/camera_info") == ReliabilityPolicy.BEST_EFFORT  # qos: sensor_data
+
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        infos = node.create_publisher(CameraInfo, "/camera/camera_info", reliable)
+        images = node.create_publisher(Image, "/camera/image", reliable)
+        rejections = []
+        node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: rejections.extend(
+            kv.value for kv in m.status[0].values if kv.key == "last_rejection"), 10)
+        assert client.spin_until(lambda: infos.get_subscription_count() and images.get_subscription_count(), 10)
+        frame = KittiSequence(sim_root, "00")[1]
+        height, width = frame.image.shape[:2]
+        fisheye_like = camera_info_msg(frame.calib.camera.K, width, height, frame_id="camera")
+        fisheye_like.distortion_model, fisheye_like.d = "kannala_brandt_x", [0.1, 0.01]
+        infos.publish(fisheye_like)
+        assert client.spin_until(lambda: any("not supported" in r for r in rejections), 10), rejections[-1:]
+        assert "distortion model 'kannala_brandt_x'" in rejections[-1]
+        infos.publish(camera_info_msg(frame.calib.camera.K, width, height, frame_id="camera"))
+        client.spin_until(lambda: False, 0.5)
+        images.publish(numpy_to_image(frame.image[: height // 2], "rgb8", frame_id="camera"))
+        assert client.spin_until(lambda: any("but camera_info says" in r for r in rejections), 10), rejections[-1:]
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
