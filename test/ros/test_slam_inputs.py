@@ -7,7 +7,7 @@
 - Two localizers in the namespaces robot1 and robot2 on one graph, each fed on its own
   namespace's relative default topics, answer only their own robot's images.
 - With use_scan, a LiDAR that stays silent puts /diagnostics at ERROR and no image is answered
-  alone (fallback_image_only off).
+  alone (fallback_image_only off); a set whose frames tf does not know is counted and reported.
 - Per-input QoS overrides by parameter; a CameraInfo that cannot be honoured is refused.
 """
 from __future__ import annotations
@@ -121,44 +121,77 @@ def test_two_namespaced_localizers_do_not_cross_talk(sim_root, lite_checkpoint, 
     assert codes == {"robot1": 0, "robot2": 0}, {name: p.log()[-2000:] for name, p in processes.items()}
 
 
-def test_silent_lidar_is_an_error_and_images_are_not_answered_alone(sim_root, sim_calib_file, lite_checkpoint, lite_map,
-                                                                   ros_workdir):
+def test_silent_lidar_and_missing_tf_are_reported_never_answered_alone(sim_root, lite_checkpoint, lite_map, ros_workdir):
+    """use_scan, no calib file: a silent LiDAR is an ERROR and its images are not answered alone; a
+    set whose frames are not in tf yet is counted and reported; once /tf_static arrives it is fused."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from cmirl_ros.datasets.kitti import KittiSequence
-    from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
+    from cmirl_ros.ros.bag_writer import CAMERA_FRAME, LIDAR_FRAME, robot_tf_static
+    from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
+    from cmirl_ros.ros.interfaces import tf_message_type
+    from cmirl_ros.ros.localizer_node import TF_STATIC_QOS
 
     process = start_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
-                               "calib_file": str(sim_calib_file), "qos": "reliable", "num_threads": 1,
-                               "scan_timeout": 0.5, "diagnostics_period": 0.2, "sync_queue_size": 2}, ros_workdir)
+                               "qos": "reliable", "num_threads": 1, "scan_timeout": 0.5, "diagnostics_period": 0.2,
+                               "sync_queue_size": 2}, ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_dead_lidar_test")
     client = Client(rclpy, node)
     try:
         process.wait_for(READY_LOG, 120)
-        images = node.create_publisher(Image, "/camera/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        images = node.create_publisher(Image, "/camera/image", reliable)
+        clouds = node.create_publisher(PointCloud2, "/lidar/points", reliable)
+        infos = node.create_publisher(CameraInfo, "/camera/camera_info", reliable)
         matches, statuses = [], []
         node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
-        assert client.spin_until(lambda: images.get_subscription_count() > 0, 10)
+        assert client.spin_until(lambda: all(p.get_subscription_count() for p in (images, clouds, infos)), 10)
         frame = KittiSequence(sim_root, "00")[2]
+        height, width = frame.image.shape[:2]
+
+        def image(seconds: float) -> None:
+            images.publish(numpy_to_image(frame.image, "rgb8", stamp=seconds_to_stamp(seconds), frame_id=CAMERA_FRAME))
+
+        def latest(condition) -> DiagnosticStatus:
+            assert client.spin_until(lambda: statuses and condition({kv.key: kv.value for kv in statuses[-1].values}), 10), \
+                statuses[-1:]
+            return statuses[-1]
+
         for k in range(5):
-            images.publish(numpy_to_image(frame.image, "rgb8", stamp=seconds_to_stamp(10.0 + k), frame_id="camera"))
-
-        def silent_after_all_images(status) -> bool:
-            counted = any(kv.key == "images" and kv.value == "5" for kv in status.values)
-            return counted and status.level == DiagnosticStatus.ERROR
-
-        assert client.spin_until(lambda: statuses and silent_after_all_images(statuses[-1]), 10), statuses[-1:]
-        status = statuses[-1]
+            image(10.0 + k)
+        status = latest(lambda v: v["images"] == "5" and float(v["scan_silent_s"]) > 0.5)
         values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.ERROR, status
         assert "no scan on /lidar/points" in status.message and "no query answered" in status.message, status.message
-        assert not matches and int(values["images"]) == 5 and int(values["answered"]) == 0, values
+        assert not matches and int(values["answered"]) == 0, values
         assert int(values["unpaired_images"]) == 3, values  # the queue keeps the newest 2
+
+        # The LiDAR is back, but tf does not know its frame yet: counted and reported, not answered.
+        infos.publish(camera_info_msg(frame.calib.camera.K, width, height, frame_id=CAMERA_FRAME))
+        client.spin_until(lambda: False, 0.3)
+        image(20.0)
+        clouds.publish(numpy_to_pointcloud2(frame.points, stamp=seconds_to_stamp(20.0), frame_id=LIDAR_FRAME))
+        status = latest(lambda v: v["no_calibration"] == "1")
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.WARN and "without calibration" in status.message, status
+        assert LIDAR_FRAME in values["last_calibration_error"] or CAMERA_FRAME in values["last_calibration_error"], values
+        assert "not in tf" in values["tf"] and not matches, values
+
+        # /tf_static arrives (the robot's tree): the next set is calibrated from it and fused.
+        tf_static = node.create_publisher(tf_message_type(), "/tf_static", TF_STATIC_QOS)
+        tf_static.publish(robot_tf_static(seconds_to_stamp(0.0), frame.calib.T_cam_sensor))
+        client.spin_until(lambda: False, 0.5)
+        image(21.0)
+        clouds.publish(numpy_to_pointcloud2(frame.points, stamp=seconds_to_stamp(21.0), frame_id=LIDAR_FRAME))
+        assert client.spin_until(lambda: matches, 30), process.log()[-2000:]
+        values = {kv.key: kv.value for kv in latest(lambda v: v["answered"] == "1").values}
+        assert values["fused"] == "1" and values["tf"] == f"base_link -> {CAMERA_FRAME}, {LIDAR_FRAME}: ok", values
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
