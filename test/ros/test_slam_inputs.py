@@ -7,7 +7,7 @@
 - Two localizers in the namespaces robot1 and robot2 on one graph, each fed on its own
   namespace's relative default topics, answer only their own robot's images.
 - With use_scan, a LiDAR that stays silent puts /diagnostics at ERROR and no image is answered
-  alone (fallback_image_only off); a set whose frames tf does not know is counted and reported.
+  alone (fallback_image_only off; on, they are, and counted); a set whose frames tf does not know is counted and reported.
 - Per-input QoS overrides by parameter; a CameraInfo that cannot be honoured is refused.
 """
 from __future__ import annotations
@@ -192,6 +192,47 @@ def test_silent_lidar_and_missing_tf_are_reported_never_answered_alone(sim_root,
         assert client.spin_until(lambda: matches, 30), process.log()[-2000:]
         values = {kv.key: kv.value for kv in latest(lambda v: v["answered"] == "1").values}
         assert values["fused"] == "1" and values["tf"] == f"base_link -> {CAMERA_FRAME}, {LIDAR_FRAME}: ok", values
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = process.stop(signal.SIGINT)
+    assert code == 0, process.log()[-3000:]
+
+
+def test_fallback_image_only_answers_while_the_lidar_is_silent(sim_root, sim_calib_file, lite_checkpoint, lite_map,
+                                                               ros_workdir):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
+
+    process = start_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
+                               "calib_file": str(sim_calib_file), "fallback_image_only": True, "scan_timeout": 0.3,
+                               "qos": "reliable", "num_threads": 1, "diagnostics_period": 0.2}, ros_workdir)
+    rclpy.init()
+    node = rclpy.create_node("cmirl_fallback_test")
+    client = Client(rclpy, node)
+    try:
+        process.wait_for(READY_LOG, 120)
+        images = node.create_publisher(Image, "/camera/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        matches, statuses = [], []
+        node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
+        node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
+        assert client.spin_until(lambda: images.get_subscription_count() > 0, 10)
+        client.spin_until(lambda: False, 0.5)  # longer than scan_timeout: the LiDAR counts as silent
+        frame = KittiSequence(sim_root, "00")[4]
+        images.publish(numpy_to_image(frame.image, "rgb8", stamp=seconds_to_stamp(5.0), frame_id="camera"))
+        assert client.spin_until(lambda: matches, 30), process.log()[-2000:]
+        assert client.spin_until(lambda: statuses and any(kv.key == "answered" and kv.value == "1"
+                                                          for kv in statuses[-1].values), 10)
+        status = statuses[-1]
+        values = {kv.key: kv.value for kv in status.values}
+        assert values["image_only_fallback"] == "1" and values["fused"] == "0", values
+        assert status.level == DiagnosticStatus.ERROR and "answering from images alone" in status.message, status
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
