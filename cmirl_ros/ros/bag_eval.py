@@ -189,7 +189,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
     params = {"model": str(model), "map": str(map_dir), "device": device, "use_scan": use_scan, "exclude_seconds": 0.0,
               "top_k": min(len(mapdb), MAX_CANDIDATES), "publish_markers": False, "diagnostics_period": 0.5,
               "stats_window": 1e6,  # latency figures over the whole replay
-              "image_transport": "compressed" if bag.image_topic.endswith(COMPRESSED_SUFFIX) else "raw",
+              "image_transport": "compressed" if (bag.image_topic or "").endswith(COMPRESSED_SUFFIX) else "raw",
               **(node_params or {})}
     recorder = start_recorder(recording, list(OUTPUTS.values()), workdir)
     node = start_localizer(params, workdir)
