@@ -2,7 +2,11 @@
 
 Launch arguments: params_file (default: the package's config/localize.yaml), model, map,
 use_sim_time, namespace, and image_topic / camera_info_topic / points_topic, which remap the
-node's default input topics. Written for ROS 2 Jazzy and Kilted.
+node's default input topics. Those defaults are relative (`camera/image`), so `namespace:=robot1`
+applies to them (/robot1/camera/image); a bag records absolute names (/camera/image), which the
+root namespace's defaults match, and which a namespaced node reads through these remappings
+(e.g. `image_topic:=/camera/image`). With image_transport compressed, the node reads
+`<remapped image topic>/compressed`. Written for ROS 2 Jazzy and Kilted.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument

@@ -29,10 +29,9 @@ from cmirl_ros.sensor_decoding import (
     pointcloud2_to_xyzi,
     stamp_to_seconds,
 )
-from cmirl_ros.topics import BAG_TOPICS
+from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
 
 SCAN_SLOP = 0.05  # s
-COMPRESSED_SUFFIX = "/compressed"  # image_transport's compressed topic: <image topic>/compressed
 
 
 def resolve_bag_path(path: str | Path) -> Path:
@@ -104,6 +103,12 @@ class BagSequence(Dataset):
         pose_stamps, poses = index["odometry"]
         self.poses = interpolate_poses(self.stamps, pose_stamps, poses)
         self._scan_stamps, self._scan_times = index.get("points", (np.zeros(0), np.zeros(0, np.int64)))
+
+    @property
+    def image_topic(self) -> str | None:
+        """The camera topic recorded: the raw image's, or its `/compressed` one; None without a camera."""
+        connection = self._connections["image"]
+        return None if connection is None else connection.topic
 
     def _deserialize(self, connection, raw: bytes):
         return self._store.deserialize_cdr(raw, connection.msgtype)

@@ -23,7 +23,7 @@ import numpy as np
 from cmirl_ros.datasets.bag import BagSequence, typestore
 from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
 from cmirl_ros.ros.processes import start_localizer, start_recorder
-from cmirl_ros.topics import BAG_TOPICS
+from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
 
 NODE = "/localizer"
 OUTPUTS = {
@@ -160,6 +160,12 @@ def latency_summary(recorded: Recorded) -> dict:
     return {"latency_ms_p50": None, "latency_ms_p95": None, "dropped": None, "rejected": None}
 
 
+def node_counts(recorded: Recorded) -> dict:
+    """How the node took its inputs, from its last diagnostics: fused queries, sets without calibration."""
+    last = recorded.diagnostics[-1] if recorded.diagnostics else {}
+    return {key: int(last[key]) if key in last else None for key in ("fused", "no_calibration", "unpaired_images")}
+
+
 def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, radius: float = 10.0,
                  exclude_seconds: float = 30.0, use_scan: bool = False, device: str = "auto",
                  workdir: Path | None = None, node_params: dict | None = None, details: bool = False,
@@ -183,6 +189,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
     params = {"model": str(model), "map": str(map_dir), "device": device, "use_scan": use_scan, "exclude_seconds": 0.0,
               "top_k": min(len(mapdb), MAX_CANDIDATES), "publish_markers": False, "diagnostics_period": 0.5,
               "stats_window": 1e6,  # latency figures over the whole replay
+              "image_transport": "compressed" if (bag.image_topic or "").endswith(COMPRESSED_SUFFIX) else "raw",
               **(node_params or {})}
     recorder = start_recorder(recording, list(OUTPUTS.values()), workdir)
     node = start_localizer(params, workdir)
@@ -195,7 +202,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         player = rclpy.create_node("cmirl_bag_player")
         try:
             watcher = MatchWatcher(player)
-            waits = [BAG_TOPICS["image"]] + ([BAG_TOPICS["points"]] if use_scan else [])
+            waits = [bag.image_topic] + ([BAG_TOPICS["points"]] if use_scan else [])
             log(f"bag eval: playing {bag_path} at x{rate} into the localizer")
             stats = play(player, bag_path, rate=rate, wait_for=waits, log=log)
             watcher.wait_until_quiet(quiet_seconds=3.0, timeout=120.0)
@@ -206,7 +213,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         node_code = node.stop(signal.SIGINT)
         recorder.stop(signal.SIGINT)
     recorded = read_recording(recording)
-    images_sent = stats.published.get(BAG_TOPICS["image"], 0)
+    images_sent = stats.published.get(bag.image_topic, 0)
     result = {
         "bag": str(bag_path),
         "map": str(map_dir),
@@ -221,6 +228,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         "radius_m": radius,
         "exclude_seconds": exclude_seconds,
         **latency_summary(recorded),
+        **node_counts(recorded),
     }
     result["protocols"], loop_closure, per_query = score(recorded, bag, mapdb, radius, exclude_seconds)
     result["loop_closure"] = loop_closure.to_dict()

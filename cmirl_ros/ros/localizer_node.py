@@ -21,24 +21,37 @@ from typing import NoReturn
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
+from cmirl_ros.geometry.camera import Calibration, PinholeCamera, make_transform
+from cmirl_ros.geometry.frames import calibration_from_tf
 from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
+from cmirl_ros.geometry.tf_tree import TfError, TfTree
 from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
-from cmirl_ros.ros.stats import RecentEvents, RollingStats
-from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot
-from cmirl_ros.sensor_decoding import MalformedMessage, camera_info_to_K, image_to_rgb, pointcloud2_to_xyzi, stamp_to_seconds
-from cmirl_ros.topics import NODE_INPUTS
+from cmirl_ros.ros.stats import RecentEvents, RollingStats, Silence
+from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot, Stamped
+from cmirl_ros.ros.tf_input import add_tf_message
+from cmirl_ros.sensor_decoding import (
+    MalformedMessage,
+    Rectification,
+    camera_rectification,
+    compressed_image_to_rgb,
+    image_to_rgb,
+    pointcloud2_to_xyzi,
+    stamp_to_seconds,
+)
+from cmirl_ros.topics import COMPRESSED_SUFFIX, NODE_INPUTS
 
 NODE_NAME = "localizer"
 READY_LOG = "localizer ready"
@@ -52,11 +65,16 @@ PARAMETERS = {
     "device": "auto",
     "num_threads": 0,
     **NODE_INPUTS,
+    "image_transport": "raw",
     "qos": "sensor_data",
     "use_camera_info": True,
     "use_scan": False,
     "calib_file": "",
+    "base_frame": "base_link",
     "sync_slop": 0.05,
+    "sync_queue_size": 10,
+    "scan_timeout": 1.0,
+    "fallback_image_only": False,
     "top_k": 5,
     "score_threshold": -1.0,
     "exclude_seconds": 0.0,
@@ -72,10 +90,16 @@ PARAMETERS = {
     "warn_throttle_s": 5.0,
 }
 QOS_CHOICES = ("sensor_data", "reliable")
+TRANSPORT_CHOICES = ("raw", "compressed")
+# tf2's listener QoS: /tf_static latched, both deep enough for a burst of transforms.
+TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 WORKER_GRACE_S = 0.5  # at shutdown: how long a query in progress may still run
 SHUTDOWN_LIMIT_S = 1.5  # a shutdown taking longer dumps the thread stacks and exits (code 1)
 # What decoding a hostile message may raise (MalformedMessage is a ValueError); counted, never fatal.
 BAD_MESSAGE = (ValueError, TypeError, OverflowError)
+# Why a scan cannot be projected into its image: frames not in tf, no CameraInfo, unreadable calib_file.
+NO_CALIBRATION = (TfError, OSError, *BAD_MESSAGE)
 
 
 class LoadError(Exception):
@@ -103,10 +127,12 @@ def naming_the_file(kind: str, source, load):
 class Query:
     header: Header
     stamp: float
-    rgb: np.ndarray
-    points: np.ndarray | None
-    camera: tuple | None  # (K, width, height) from CameraInfo, or None = calib_file's intrinsics
+    rgb: np.ndarray  # rectified when a CameraInfo says how
+    camera_info: CameraInfo | None  # the last usable one when the image arrived
+    rectification: Rectification | None  # its rectification: intrinsics of `rgb`; None = calib_file's
     received: float  # time.monotonic() when the image arrived
+    points: np.ndarray | None = None
+    calib: Calibration | None = None  # the scan's projection into `rgb`
 
 
 class LocalizerNode(LifecycleNode):
@@ -122,15 +148,21 @@ class LocalizerNode(LifecycleNode):
         self._slot = LatestSlot()
         self._synchronizer: ImageScanSynchronizer | None = None
         self._worker: threading.Thread | None = None
-        self._camera_override: tuple | None = None
+        self._camera_info: CameraInfo | None = None
+        self._rectification: Rectification | None = None
         self._calibrations: dict = {}  # image size -> Calibration from calib_file
+        self._tf = TfTree()
+        self._frames = {"camera": "", "scan": ""}  # last seen header frame ids
+        self._scan_silence = Silence()
         self._enabled = True
         self._active = False
         self._stats = RollingStats()
         self._recent_errors = RecentEvents()
         self._recent_scan_misses = RecentEvents()
+        self._recent_calibration_misses = RecentEvents()
         self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
-                       "fused": 0, "scan_missed_image": 0}
+                       "fused": 0, "scan_missed_image": 0, "no_calibration": 0, "image_only_fallback": 0}
+        self._last_calibration_error = ""
         self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
         self._last_rejection = ""
@@ -154,6 +186,8 @@ class LocalizerNode(LifecycleNode):
         self._stats = RollingStats(window=float(self.params["stats_window"]))
         self._recent_errors = RecentEvents(window=float(self.params["stats_window"]))
         self._recent_scan_misses = RecentEvents(window=float(self.params["stats_window"]))
+        self._recent_calibration_misses = RecentEvents(window=float(self.params["stats_window"]))
+        self._tf = TfTree()
         self._worker = threading.Thread(target=self._inference_loop, name="cmirl-inference", daemon=True)
         self._worker.start()
         period = float(self.params["diagnostics_period"])
@@ -162,13 +196,15 @@ class LocalizerNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._subscribe()
+        self._scan_silence = Silence()  # the scan timeout counts from activation
         self._active = True
         self._publish_keyframe_markers()
         p = self.params
         self.get_logger().info(
             f"{READY_LOG}: model {self._model.name}, map {p['map']} ({len(self._localizer.mapdb)} keyframes), "
-            f"image {self.resolve_topic_name(p['image_topic'])}"
+            f"image {self._image_topic()}"
             + (f", scan {self.resolve_topic_name(p['points_topic'])}" if p["use_scan"] else "")
+            + (f", calibration {'from ' + p['calib_file'] if p['calib_file'] else 'from tf + CameraInfo'}" if p["use_scan"] else "")
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -220,8 +256,14 @@ class LocalizerNode(LifecycleNode):
             raise ValueError(f"parameter 'qos' is '{params['qos']}', expected one of {QOS_CHOICES}")
         if params["top_k"] < 1:
             raise ValueError(f"parameter 'top_k' must be >= 1, got {params['top_k']}")
-        if params["use_scan"] and not params["calib_file"]:
-            raise ValueError("use_scan needs 'calib_file': a KITTI calib.txt with the camera <- LiDAR transform (Tr, P2)")
+        if params["image_transport"] not in TRANSPORT_CHOICES:
+            raise ValueError(f"parameter 'image_transport' is '{params['image_transport']}', expected one of {TRANSPORT_CHOICES}")
+        if params["use_scan"] and not params["calib_file"] and not params["use_camera_info"]:
+            raise ValueError("use_scan without 'calib_file' takes the calibration from tf and CameraInfo: "
+                             "use_camera_info must be true (or give a KITTI calib.txt as calib_file)")
+        if params["scan_timeout"] <= 0 or params["sync_queue_size"] < 1:
+            raise ValueError(f"parameters 'scan_timeout' ({params['scan_timeout']}) must be > 0 and "
+                             f"'sync_queue_size' ({params['sync_queue_size']}) >= 1")
         if len(params["marker_lift"]) != 3:
             raise ValueError(f"parameter 'marker_lift' needs 3 values, got {list(params['marker_lift'])}")
         return params
@@ -242,6 +284,10 @@ class LocalizerNode(LifecycleNode):
         self._localizer = naming_the_file("map", p["map"], lambda: Localizer(
             self._model, MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model)), config))
         self._calibrations = {}
+        if self._tf_needed(p):
+            from cmirl_ros.ros.interfaces import tf_message_type
+
+            tf_message_type()  # the generated tf2_msgs: fail at configure, with the reason, when not built
         # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
         width, height = KITTI_IMAGE_SIZE
         naming_the_file("map", p["map"], lambda: self._localizer.localize(np.zeros((height, width, 3), np.uint8), stamp=0.0))
@@ -261,16 +307,45 @@ class LocalizerNode(LifecycleNode):
         if p["publish_debug_image"]:
             self._outputs["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
 
+    @staticmethod
+    def _tf_needed(params: dict) -> bool:
+        return bool(params["use_scan"]) and not params["calib_file"]
+
+    def _image_topic(self) -> str:
+        topic = self.resolve_topic_name(self.params["image_topic"])
+        return topic + COMPRESSED_SUFFIX if self.params["image_transport"] == "compressed" else topic
+
+    def _input_qos(self) -> QoSProfile:
+        """A fresh profile per subscription: ROS's `qos_overrides.<topic>.subscription.*` parameters edit it."""
+        if self.params["qos"] == "sensor_data":
+            return QoSProfile(depth=qos_profile_sensor_data.depth, reliability=qos_profile_sensor_data.reliability,
+                              history=qos_profile_sensor_data.history)
+        return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+
+    def _subscribe_input(self, msg_type, topic: str, callback) -> None:
+        self._inputs.append(self.create_subscription(
+            msg_type, topic, callback, self._input_qos(),
+            qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+
     def _subscribe(self) -> None:
         p = self.params
-        qos = qos_profile_sensor_data if p["qos"] == "sensor_data" else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self._synchronizer = None
         if p["use_scan"]:
-            self._synchronizer = ImageScanSynchronizer(float(p["sync_slop"]), self._on_synchronized)
-            self._inputs.append(self.create_subscription(PointCloud2, p["points_topic"], self._on_points, qos))
+            self._synchronizer = ImageScanSynchronizer(float(p["sync_slop"]), self._on_synchronized,
+                                                       queue_size=int(p["sync_queue_size"]))
+            self._subscribe_input(PointCloud2, p["points_topic"], self._on_points)
+        if self._tf_needed(p):
+            from cmirl_ros.ros.interfaces import tf_message_type
+
+            tf = tf_message_type()
+            self._inputs.append(self.create_subscription(tf, "/tf_static", lambda m: self._on_tf(m, True), TF_STATIC_QOS))
+            self._inputs.append(self.create_subscription(tf, "/tf", lambda m: self._on_tf(m, False), TF_QOS))
         if p["use_camera_info"]:
-            self._inputs.append(self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, qos))
-        self._inputs.append(self.create_subscription(Image, p["image_topic"], self._on_image, qos))
+            self._subscribe_input(CameraInfo, p["camera_info_topic"], self._on_camera_info)
+        if p["image_transport"] == "compressed":
+            self._subscribe_input(CompressedImage, self._image_topic(), self._on_compressed_image)
+        else:
+            self._subscribe_input(Image, p["image_topic"], self._on_image)
 
     def _unsubscribe(self) -> None:
         for subscription in self._inputs:
@@ -287,26 +362,39 @@ class LocalizerNode(LifecycleNode):
             self.get_logger().warning(f"rejected {kind} message: {error} (rejected so far: {self.counts['rejected']})")
 
     def _on_image(self, msg: Image) -> None:
+        self._take_image(msg, image_to_rgb)
+
+    def _on_compressed_image(self, msg: CompressedImage) -> None:
+        self._take_image(msg, compressed_image_to_rgb)
+
+    def _take_image(self, msg, decode) -> None:
         self.counts["images"] += 1
+        rectification = self._rectification
         try:
-            rgb = image_to_rgb(msg)
+            rgb = decode(msg)
+            if rectification is not None:  # undistorted as image_proc would, at the CameraInfo's size
+                rgb = rectification.apply(rgb)
         except BAD_MESSAGE as e:
             self._reject("image", e)
             return
-        camera = self._camera_override
-        if camera is not None and (camera[1], camera[2]) != (rgb.shape[1], rgb.shape[0]):
-            self._reject("image", MalformedMessage(
-                f"image is {rgb.shape[1]}x{rgb.shape[0]} but camera_info says {camera[1]}x{camera[2]}"))
-            return
+        self._frames["camera"] = msg.header.frame_id
         stamp = stamp_to_seconds(msg.header.stamp)
-        query = Query(msg.header, stamp, rgb, None, camera, time.monotonic())
-        if self._synchronizer is not None:
-            self._synchronizer.add_image(stamp, query)
-        else:
+        query = Query(msg.header, stamp, rgb, self._camera_info, rectification, time.monotonic())
+        if self._synchronizer is None:
             self._slot.put(query)
+        elif self.params["fallback_image_only"] and self._scan_silent():
+            self.counts["image_only_fallback"] += 1
+            self._slot.put(query)
+        else:
+            self._synchronizer.add_image(stamp, query)
+
+    def _scan_silent(self) -> bool:
+        return self._scan_silence.seconds() > float(self.params["scan_timeout"])
 
     def _on_points(self, msg: PointCloud2) -> None:
         self.counts["scans"] += 1
+        self._scan_silence.heard()
+        self._frames["scan"] = msg.header.frame_id
         stamp = stamp_to_seconds(msg.header.stamp)
         try:
             points = pointcloud2_to_xyzi(msg)
@@ -314,18 +402,58 @@ class LocalizerNode(LifecycleNode):
                 raise MalformedMessage("point cloud has no finite point (all NaN or infinite)")
         except BAD_MESSAGE as e:
             self._reject("point cloud", e)
-            points = None  # still marks the stamp: its image goes alone now instead of waiting
-        self._synchronizer.add_scan(stamp, points)
+            points = None  # still takes part in the matching: its image is dropped now instead of waiting
+        self._synchronizer.add_scan(stamp, None if points is None else (points, msg.header.frame_id))
 
-    def _on_synchronized(self, image, scan) -> None:
+    def _on_synchronized(self, image: Stamped, scan: Stamped) -> None:
+        """A complete image + scan set: with the scan's projection into the image, or counted and dropped."""
         query: Query = image.value
-        self._slot.put(replace(query, points=None if scan is None else scan.value))
+        points, scan_frame = scan.value
+        try:
+            calib = self._calibration(query, scan_frame)
+        except NO_CALIBRATION as e:
+            self.counts["no_calibration"] += 1
+            self._recent_calibration_misses.add()
+            self._last_calibration_error = one_line(e)
+            self.get_logger().warning(
+                f"no calibration for the scan at {scan.stamp:.3f}: {self._last_calibration_error}; query dropped "
+                f"(so far: {self.counts['no_calibration']})", throttle_duration_sec=float(self.params["warn_throttle_s"]))
+            return
+        self._slot.put(replace(query, points=points, calib=calib))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            self._camera_override = camera_info_to_K(msg)
+        try:  # validity and distortion model checked here, once per distinct CameraInfo (cached)
+            self._rectification = camera_rectification(msg)
         except BAD_MESSAGE as e:
             self._reject("camera_info", e)
+            return
+        self._camera_info = msg
+
+    def _on_tf(self, msg, static: bool) -> None:
+        for problem in add_tf_message(self._tf, msg, static):
+            self._reject("tf", MalformedMessage(problem))
+
+    def _calibration(self, query: Query, scan_frame: str) -> Calibration:
+        """The scan's projection into the query image. From calib_file (extrinsics, and intrinsics at the
+        image's size unless a CameraInfo rectified it), else from tf between the image's and the scan's
+        header frames + the CameraInfo (`calibration_from_tf`)."""
+        from cmirl_ros.geometry import read_kitti_calib
+
+        if not self.params["calib_file"]:
+            if query.camera_info is None:
+                raise MalformedMessage(f"no CameraInfo on {self.resolve_topic_name(self.params['camera_info_topic'])} "
+                                       "yet: the calibration from tf needs its intrinsics")
+            return calibration_from_tf(self._tf, query.camera_info, scan_frame, camera_frame=query.header.frame_id or None)
+        height, width = query.rgb.shape[:2]
+        if (width, height) not in self._calibrations:
+            kitti = read_kitti_calib(self.params["calib_file"], image_size=(width, height))
+            self._calibrations[(width, height)] = kitti.calibration()
+        calib = self._calibrations[(width, height)]
+        rectification = query.rectification
+        if rectification is None:
+            return calib
+        return Calibration(PinholeCamera(rectification.K, rectification.width, rectification.height),
+                           make_transform(rectification.R, np.zeros(3)) @ calib.T_cam_sensor)
 
     # ------------------------------------------------------------------ inference (worker thread)
     def _inference_loop(self) -> None:
@@ -355,27 +483,11 @@ class LocalizerNode(LifecycleNode):
                 self.get_logger().error(f"localization failed for query at {query.stamp:.3f}: {e}",
                                         throttle_duration_sec=float(self.params["warn_throttle_s"]))
 
-    def _calibration(self, query: Query):
-        """The scan's projection into the query camera: extrinsics (and default intrinsics) from
-        calib_file at the image's size; CameraInfo intrinsics replace the latter when received."""
-        from cmirl_ros.geometry import PinholeCamera, read_kitti_calib
-
-        height, width = query.rgb.shape[:2]
-        if (width, height) not in self._calibrations:
-            kitti = read_kitti_calib(self.params["calib_file"], image_size=(width, height))
-            self._calibrations[(width, height)] = kitti.calibration()
-        calib = self._calibrations[(width, height)]
-        if query.camera is not None:
-            K, cam_width, cam_height = query.camera
-            calib = replace(calib, camera=PinholeCamera(K, cam_width, cam_height))
-        return calib
-
     def _answer(self, query: Query) -> None:
         localizer = self._localizer
         if localizer is None:
             return
-        calib = self._calibration(query) if query.points is not None else None
-        result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=calib)
+        result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=query.calib)
         self._count_fusion(result)
         matches = list(result.matches)
         if not matches:
@@ -432,22 +544,38 @@ class LocalizerNode(LifecycleNode):
 
     def diagnostics_values(self) -> dict:
         summary = self._stats.summary()
+        sync = self._synchronizer
         values = {
             "state": "active" if self._active else ("inactive" if self._localizer is not None else "unconfigured"),
             "enabled": self._enabled,
             **self.counts,
             "dropped": self._slot.dropped,
-            "unpaired_images": self._synchronizer.unpaired if self._synchronizer else 0,
+            "unpaired_images": sync.unpaired if sync else 0,
+            "late_messages": sync.late if sync else 0,
             "map_size": len(self._localizer.mapdb) if self._localizer is not None else 0,
             "last_score": self._last_score,
             "last_scan_coverage": self._last_scan_coverage,
             "recent_errors": self._recent_errors.count(),
             "recent_scan_misses": self._recent_scan_misses.count(),
+            "recent_calibration_misses": self._recent_calibration_misses.count(),
             **summary,
         }
+        if sync is not None:
+            values["scan_silent_s"] = self._scan_silence.seconds()
+        if self._tf_needed(self.params):
+            values["tf"] = self._tf_status()
+        if self._last_calibration_error:
+            values["last_calibration_error"] = self._last_calibration_error
         if self._last_rejection:
             values["last_rejection"] = self._last_rejection
         return values
+
+    def _tf_status(self) -> str:
+        """Whether the last seen camera and scan frames hang off base_frame in tf (REP 105)."""
+        base = self.params["base_frame"]
+        frames = [f for f in self._frames.values() if f] or ["(no sensor message yet)"]
+        missing = [f for f in frames if not self._tf.can_transform(base, f)]
+        return f"{base} -> {', '.join(frames)}: " + (f"not in tf: {', '.join(missing)}" if missing else "ok")
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
@@ -455,15 +583,24 @@ class LocalizerNode(LifecycleNode):
         problems = [f"{values['recent_errors']} failed queries"] if values["recent_errors"] else []
         if values["recent_scan_misses"]:
             problems.append(f"{values['recent_scan_misses']} scans missing the image")
-        ok = self._active and self._enabled and not problems
+        if values["recent_calibration_misses"]:
+            problems.append(f"{values['recent_calibration_misses']} scans without calibration "
+                            f"({self._last_calibration_error})")
+        dead_scan = self._active and self._synchronizer is not None and self._scan_silent()
+        ok = self._active and self._enabled and not problems and not dead_scan
         if ok:
             message = "answering"
         else:
             message = f"{values['state']}, {'enabled' if self._enabled else 'disabled'}"
+            if dead_scan:
+                topic = self.resolve_topic_name(self.params["points_topic"])
+                fallback = "answering from images alone" if self.params["fallback_image_only"] else "no query answered"
+                message += f"; no scan on {topic} for {values['scan_silent_s']:.1f} s ({fallback})"
             if problems:
                 message += f"; in the last {self._recent_errors.window:g} s: {', '.join(problems)}"
+        level = DiagnosticStatus.OK if ok else (DiagnosticStatus.ERROR if dead_scan else DiagnosticStatus.WARN)
         self._diagnostics.publish(messages.diagnostics_msg(
-            self.get_clock().now().to_msg(), f"{self.get_name()}: localization", values, ok, message))
+            self.get_clock().now().to_msg(), f"{self.get_name()}: localization", values, level, message))
 
     # ------------------------------------------------------------------ services
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:

@@ -85,9 +85,10 @@ def match_markers(header: Header, matches, lift=(0.0, -5.0, 0.0)) -> MarkerArray
     return MarkerArray(markers=[lines, head])
 
 
-def diagnostics_msg(stamp, name: str, values: dict[str, float | int | str], ok: bool, message: str) -> DiagnosticArray:
+def diagnostics_msg(stamp, name: str, values: dict[str, float | int | str], level: bytes, message: str) -> DiagnosticArray:
+    """level: DiagnosticStatus.OK, WARN or ERROR."""
     status = DiagnosticStatus(
-        level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN,
+        level=level,
         name=name,
         message=message,
         hardware_id="cmirl_ros",

@@ -61,3 +61,17 @@ class RecentEvents:
             while self._times and self._times[0] < now - self.window:
                 self._times.popleft()
             return len(self._times)
+
+
+class Silence:
+    """Seconds since a stream was last heard from (or since this was created): a dead sensor's measure."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._last = clock()
+
+    def heard(self) -> None:
+        self._last = self._clock()
+
+    def seconds(self) -> float:
+        return self._clock() - self._last

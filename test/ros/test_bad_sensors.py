@@ -1,6 +1,7 @@
 """Unusable sensor data into a live node with `use_scan`: an all-NaN scan, CameraInfo with NaN
-intrinsics, a scan that misses the image. Each is reported for what it is, the paired image is
-still answered, and /diagnostics returns to OK once the problem is older than stats_window."""
+intrinsics, a scan that misses the image. Each is reported for what it is (the image of an unusable
+scan is dropped and counted, never answered alone), and /diagnostics returns to OK once the
+problem is older than stats_window."""
 from __future__ import annotations
 
 import signal
@@ -40,7 +41,8 @@ def test_unusable_scans_and_intrinsics_are_reported_and_the_image_answered(sim_r
 
     process = start_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
                                "calib_file": str(sim_calib_file), "qos": "reliable", "num_threads": 2,
-                               "diagnostics_period": 0.2, "stats_window": STATS_WINDOW}, ros_workdir)
+                               "diagnostics_period": 0.2, "stats_window": STATS_WINDOW,
+                               "scan_timeout": 600.0}, ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_bad_sensor_test")
     client = Client(rclpy, node)
@@ -57,11 +59,15 @@ def test_unusable_scans_and_intrinsics_are_reported_and_the_image_answered(sim_r
         assert client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers), 10)
         frame = KittiSequence(sim_root, "00")[5]
 
+        def send(seconds: float, points: np.ndarray) -> None:
+            stamp = seconds_to_stamp(seconds)
+            images.publish(numpy_to_image(frame.image, "rgb8", stamp=stamp, frame_id="camera"))
+            clouds.publish(numpy_to_pointcloud2(points, stamp=stamp, frame_id="velodyne"))
+
         def query(seconds: float, points: np.ndarray) -> None:
             stamp = seconds_to_stamp(seconds)
             count = len(matches)
-            images.publish(numpy_to_image(frame.image, "rgb8", stamp=stamp, frame_id="camera"))
-            clouds.publish(numpy_to_pointcloud2(points, stamp=stamp, frame_id="velodyne"))
+            send(seconds, points)
             assert client.spin_until(lambda: len(matches) > count, 30), f"no answer at {seconds}:\n{process.log()[-2000:]}"
             assert matches[-1].header.stamp == stamp
 
@@ -73,10 +79,13 @@ def test_unusable_scans_and_intrinsics_are_reported_and_the_image_answered(sim_r
         def values() -> dict:
             return {kv.key: kv.value for kv in status().values}
 
-        # An all-NaN scan (is_dense false) is a rejected message; its image is answered alone.
-        query(1.0, all_nan_scan())
+        # An all-NaN scan (is_dense false) is a rejected message; its image has no complete set and is
+        # not answered from the image alone (fallback_image_only is off): counted as unpaired.
+        send(1.0, all_nan_scan())
+        assert client.spin_until(lambda: False, 1.0) is False and not matches
         after_nan = values()
         assert int(after_nan["rejected"]) == 1 and int(after_nan["errors"]) == 0, after_nan
+        assert int(after_nan["unpaired_images"]) == 1 and int(after_nan["answered"]) == 0, after_nan
         assert int(after_nan["fused"]) == 0 and "no finite point" in after_nan["last_rejection"]
 
         # CameraInfo with NaN intrinsics is rejected: the calib_file intrinsics stay in use, so a

@@ -27,7 +27,7 @@ EXPECTED_TYPES = {
 TOP_K = 8  # compared as a ranking: with an untrained model the best match alone is often the same keyframe
 
 
-def run_pipeline(bag: Path, params: dict, workdir: Path, rate: float) -> Path:
+def run_pipeline(bag: Path, params: dict, workdir: Path, rate: float, wait_for: tuple = ("/camera/image",)) -> Path:
     recording = workdir / "outputs"
     recorder = start_recorder(recording, list(EXPECTED_TYPES), workdir)
     node = start_localizer({"diagnostics_period": 0.5, "top_k": TOP_K, "num_threads": 2, **params}, workdir)
@@ -37,7 +37,7 @@ def run_pipeline(bag: Path, params: dict, workdir: Path, rate: float) -> Path:
         for topic in EXPECTED_TYPES:
             recorder.wait_for(f"recording {topic}", 30)
         player = RosProcess([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(bag), "--rate", str(rate),
-                             "--wait-for", "/camera/image"], workdir / "player.log")
+                             "--wait-for", *wait_for], workdir / "player.log")
         assert player.process.wait(timeout=300) == 0, player.log()
         player.stop()
         time.sleep(2.0)  # the last query in flight

@@ -169,8 +169,9 @@ def test_resolved_launch_configures_a_real_node(monkeypatch, tmp_path):
     assert params["map"] == str(tmp_path / "map") and params["model"] == "cmirl_lite"
     assert params["use_sim_time"] is True
     assert params["top_k"] == PARAMETERS["top_k"] and params["qos"] == "sensor_data"  # from the params file
-    assert report["topics"] == {"image_topic": "/kitti/image", "camera_info_topic": "/camera/camera_info",
-                                "points_topic": "/lidar/points"}
+    # Remapped by its launch argument, or the relative default in the node's namespace.
+    assert report["topics"] == {"image_topic": "/kitti/image", "camera_info_topic": "/robot1/camera/camera_info",
+                                "points_topic": "/robot1/lidar/points"}
     assert report["match"] == "/robot1/localizer/match"
 
 

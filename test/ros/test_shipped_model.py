@@ -16,6 +16,11 @@ MODEL = "cmirl_driving"
 
 @pytest.fixture(scope="module")
 def shipped_model():
+    return load_shipped_or_skip()
+
+
+def load_shipped_or_skip():
+    """The shipped driving model, or skip the test when this checkout does not ship it."""
     from cmirl_ros.models import load_model
     from cmirl_ros.models.checkpoint import WEIGHTS_FILE
     from cmirl_ros.paths import models_dir
