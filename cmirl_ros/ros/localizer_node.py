@@ -78,6 +78,9 @@ PARAMETERS = {
     "top_k": 5,
     "score_threshold": -1.0,
     "exclude_seconds": 0.0,
+    "retrieve": "faiss",
+    "verify": "none",
+    "verify_candidates": 5,
     "max_query_rate": 0.0,
     "map_frame": "map",
     "publish_candidates": True,
@@ -161,7 +164,8 @@ class LocalizerNode(LifecycleNode):
         self._recent_scan_misses = RecentEvents()
         self._recent_calibration_misses = RecentEvents()
         self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
-                       "fused": 0, "scan_missed_image": 0, "no_calibration": 0, "image_only_fallback": 0}
+                       "fused": 0, "scan_missed_image": 0, "no_calibration": 0, "image_only_fallback": 0,
+                       "verified": 0, "unverified": 0}
         self._last_calibration_error = ""
         self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
@@ -261,6 +265,9 @@ class LocalizerNode(LifecycleNode):
         if params["use_scan"] and not params["calib_file"] and not params["use_camera_info"]:
             raise ValueError("use_scan without 'calib_file' takes the calibration from tf and CameraInfo: "
                              "use_camera_info must be true (or give a KITTI calib.txt as calib_file)")
+        if params["verify"] != "none" and not params["use_scan"]:
+            raise ValueError(f"verify '{params['verify']}' registers the live scan against the map's keyframe clouds: "
+                             "it needs use_scan: true")
         if params["scan_timeout"] <= 0 or params["sync_queue_size"] < 1:
             raise ValueError(f"parameters 'scan_timeout' ({params['scan_timeout']}) must be > 0 and "
                              f"'sync_queue_size' ({params['sync_queue_size']}) >= 1")
@@ -280,7 +287,8 @@ class LocalizerNode(LifecycleNode):
             torch.set_num_threads(int(p["num_threads"]))
         self._model = naming_the_file("model", p["model"], lambda: load_model(p["model"], device=p["device"]))
         config = LocalizerConfig(top_k=int(p["top_k"]), score_threshold=float(p["score_threshold"]),
-                                 exclude_seconds=float(p["exclude_seconds"]))
+                                 exclude_seconds=float(p["exclude_seconds"]), retrieve=p["retrieve"],
+                                 verify=p["verify"], verify_candidates=int(p["verify_candidates"]))
         self._localizer = naming_the_file("map", p["map"], lambda: Localizer(
             self._model, MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model)), config))
         self._calibrations = {}
@@ -288,6 +296,8 @@ class LocalizerNode(LifecycleNode):
             from cmirl_ros.ros.interfaces import tf_message_type
 
             tf_message_type()  # the generated tf2_msgs: fail at configure, with the reason, when not built
+        if self._verifying(p):
+            return  # the throw-away query below has no scan to verify
         # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
         width, height = KITTI_IMAGE_SIZE
         naming_the_file("map", p["map"], lambda: self._localizer.localize(np.zeros((height, width, 3), np.uint8), stamp=0.0))
@@ -306,6 +316,10 @@ class LocalizerNode(LifecycleNode):
             self._outputs["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
         if p["publish_debug_image"]:
             self._outputs["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+
+    @staticmethod
+    def _verifying(params: dict) -> bool:
+        return params["verify"] != "none"
 
     @staticmethod
     def _tf_needed(params: dict) -> bool:
@@ -487,12 +501,17 @@ class LocalizerNode(LifecycleNode):
         localizer = self._localizer
         if localizer is None:
             return
+        verifying = self._verifying(self.params)
+        if verifying and query.points is None:  # an image-only fallback query cannot be verified
+            self.counts["unverified"] += 1
+            return
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=query.calib)
         self._count_fusion(result)
         matches = list(result.matches)
-        if not matches:
-            self.counts["below_threshold"] += 1
+        if not matches:  # with verification, the core dropped every unverified candidate
+            self.counts["unverified" if verifying else "below_threshold"] += 1
             return
+        self.counts["verified"] += verifying
         header = Header(stamp=query.header.stamp, frame_id=self.params["map_frame"])
         best = matches[0]
         self._publish("match", messages.match_msg(header, best, result.covariance))

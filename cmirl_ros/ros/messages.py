@@ -21,9 +21,10 @@ def pose_from_matrix(T: np.ndarray) -> Pose:
 
 
 def match_msg(header: Header, match, covariance: np.ndarray) -> PoseWithCovarianceStamped:
+    """The query's pose: refined by verification when it ran (T_world_query), else the keyframe's."""
     msg = PoseWithCovarianceStamped()
     msg.header = header
-    msg.pose.pose = pose_from_matrix(match.T_world_cam)
+    msg.pose.pose = pose_from_matrix(match.T_world_cam if match.T_world_query is None else match.T_world_query)
     msg.pose.covariance = np.asarray(covariance, dtype=np.float64).reshape(36).tolist()
     return msg
 

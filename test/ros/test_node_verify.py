@@ -1,0 +1,100 @@
+"""The live node with `verify: registration` publishes only verified matches, at their refined poses.
+
+Bag -> player -> node process (use_scan, shipped cmirl_driving) -> recorder, over FastDDS. Against
+a map (with keyframe clouds) of the same stretch, every published match is verified and its pose
+(the refined query pose, not the keyframe's) lies within 1 m of the ground truth; against a map of
+a different stretch of the route (no true place), nothing is published and the queries are counted
+as unverified in /diagnostics. Skipped when `models/cmirl_driving` is not shipped.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_shipped_model import MODEL, load_shipped_or_skip
+
+CLOUD_VOXEL_M = 0.5
+QUERY_FRAMES = "0:60:4"  # 15 frames, 0.4 s apart
+NEAR_FRAMES = "2:62:4"  # the same stretch, 0.2 s off the queries: keyframes metres away from them
+OTHER_FRAMES = "200:260:4"  # a stretch of the same route far from the queries
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory):
+    """The query stretch (sequence, bag, calibration) and maps of it and of another stretch."""
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.mapdb import build_map
+    from cmirl_ros.ros.bag_writer import write_bag_from_dataset
+    from cmirl_ros.sim.sequence import DEMO_SIM, simulate_sequence
+
+    model = load_shipped_or_skip()
+    root = tmp_path_factory.mktemp("verify")
+    stretches = {}
+    for name, frames in (("queries", QUERY_FRAMES), ("near", NEAR_FRAMES), ("other", OTHER_FRAMES)):
+        simulate_sequence(replace(DEMO_SIM, frames=frames, workers=1), root / name, "00", progress=False)
+        stretches[name] = KittiSequence(root / name, "00")
+    maps = {name: build_map(stretches[name], model, keyframe_distance=2.0, cloud_voxel=CLOUD_VOXEL_M,
+                            progress=False).save(root / f"map_{name}") for name in ("near", "other")}
+    bag = write_bag_from_dataset(stretches["queries"], root / "bag", progress=False)
+    return {**stretches, "bag": bag, "calib": root / "queries" / "sequences" / "00" / "calib.txt", "maps": maps}
+
+
+def replay(drive, map_name: str, workdir: Path) -> tuple[dict, dict, dict]:
+    """Replay the query bag into a verifying node: (bag_eval result, {stamp: published position}, last diagnostics)."""
+    from cmirl_ros.ros.bag_eval import OUTPUTS, evaluate_bag, read_recording
+
+    result = evaluate_bag(drive["bag"], drive["maps"][map_name], MODEL, device="cpu", workdir=workdir, use_scan=True,
+                          node_params={"calib_file": str(drive["calib"]), "verify": "registration"}, log=lambda _: None)
+    return result, published_positions(workdir / "outputs", OUTPUTS["match"]), read_recording(workdir / "outputs").diagnostics[-1]
+
+
+def published_positions(recording: Path, topic: str) -> dict[float, np.ndarray]:
+    from rosbags.rosbag2 import Reader
+
+    from cmirl_ros.datasets.bag import typestore
+
+    store, positions = typestore(), {}
+    with Reader(recording) as reader:
+        for connection, _, raw in reader.messages():
+            if connection.topic == topic:
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                p = msg.pose.pose.position
+                positions[msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9] = np.array([p.x, p.y, p.z])
+    return positions
+
+
+@pytest.mark.slow
+def test_node_publishes_only_verified_matches_at_refined_poses(drive, tmp_path):
+    from cmirl_ros.ros.bag_eval import nearest_stamps
+
+    from cmirl_ros.geometry import place_distances
+
+    result, positions, diagnostics = replay(drive, "near", tmp_path / "near")
+    queries = drive["queries"]
+    frames = nearest_stamps(np.array(list(positions)), queries.stamps)
+    assert (frames >= 0).all(), "a published match carries a stamp that no query had"
+    published = np.array(list(positions.values()))
+    errors = np.linalg.norm(published - queries.poses[frames, :3, 3], axis=1)
+    keyframe_offsets = place_distances(queries.poses[frames], drive["near"].poses).min(1)
+    print(f"verified node: {len(positions)} matches of {result['images_played']} queries, position error "
+          f"max {errors.max():.3f} m (nearest keyframe: {keyframe_offsets.min():.2f}-{keyframe_offsets.max():.2f} m away)")
+    assert int(diagnostics["verified"]) == len(positions) >= result["images_played"] // 2, (result, diagnostics)
+    assert errors.max() < 1.0, errors
+    assert (keyframe_offsets > 1.0).all(), "the keyframes must lie away from the queries, or refinement is untested"
+    assert result["loop_closures"] == len(positions)
+
+
+@pytest.mark.slow
+def test_node_without_a_true_place_publishes_nothing(drive, tmp_path):
+    from cmirl_ros.geometry import place_distances
+
+    distances = place_distances(drive["queries"].poses, drive["other"].poses)
+    assert distances.min() > 30.0, "the other stretch must not contain the queries' places"
+    result, positions, diagnostics = replay(drive, "other", tmp_path / "other")
+    print(f"no true place: {len(positions)} matches, diagnostics {diagnostics}")
+    assert positions == {} and result["loop_closures"] == 0
+    assert int(diagnostics["verified"]) == 0
+    assert int(diagnostics["unverified"]) >= result["images_played"] // 2, (result, diagnostics)
