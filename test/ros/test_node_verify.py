@@ -98,3 +98,22 @@ def test_node_without_a_true_place_publishes_nothing(drive, tmp_path):
     assert positions == {} and result["loop_closures"] == 0
     assert int(diagnostics["verified"]) == 0
     assert int(diagnostics["unverified"]) >= result["images_played"] // 2, (result, diagnostics)
+
+
+def test_verification_refused_at_configure_without_scan_or_clouds(sim_calib_file, lite_checkpoint, lite_map, ros_workdir):
+    """verify: registration without use_scan, or with a map built without keyframe clouds: the
+    node does not start, and says why in one ERROR line."""
+    from cmirl_ros.ros.processes import start_localizer
+
+    base = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "verify": "registration"}
+    cases = {"needs use_scan: true": {}, "needs a map with keyframe clouds": {"use_scan": True, "calib_file": str(sim_calib_file)}}
+    for reason, params in cases.items():
+        workdir = ros_workdir / reason.replace(" ", "_").replace(":", "")
+        workdir.mkdir()
+        process = start_localizer({**base, **params}, workdir)
+        try:
+            code = process.process.wait(timeout=120)
+        finally:
+            process.stop()
+        errors = [line for line in process.log().splitlines() if "[ERROR]" in line]
+        assert code == 1 and len(errors) == 1 and "configure failed" in errors[0] and reason in errors[0], process.log()
