@@ -247,3 +247,19 @@ def test_map_build_and_eval_with_registration_verification(tmp_path, capsys):
     assert cmirl(["eval", "--model", "cmirl_driving", "--map", str(tmp_path / "map"), *data, "--radius", "10",
                   "--protocol", "paper", "--verify", "registration", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 2
     assert "add --with-scan" in capsys.readouterr().err
+
+
+def test_verified_covariance_is_position_and_rotation_about_the_map_axes():
+    # ROS's PoseWithCovariance: x, y, z then rotation about the fixed map axes. Far from the origin
+    # the rotation uncertainty must not leak into the position (the full adjoint's skew(p) term).
+    from cmirl_ros.geometry.registration import yaw_about_z
+    from cmirl_ros.localization.stages.pose import map_frame_covariance
+
+    T_world_query = yaw_about_z(np.pi / 2)
+    T_world_query[:3, 3] = [500.0, -300.0, 10.0]
+    sigma = np.array([0.1, 0.2, 0.3, 0.01, 0.02, 0.03])  # query frame: tx, ty, tz, rx, ry, rz
+    covariance = map_frame_covariance(T_world_query, np.diag(1.0 / sigma**2))
+    R = T_world_query[:3, :3]
+    np.testing.assert_allclose(covariance[:3, :3], R @ np.diag(sigma[:3] ** 2) @ R.T, atol=1e-12)
+    np.testing.assert_allclose(covariance[3:, 3:], R @ np.diag(sigma[3:] ** 2) @ R.T, atol=1e-12)
+    np.testing.assert_allclose(covariance[:3, 3:], 0.0, atol=1e-12)
