@@ -52,6 +52,7 @@ def replay(drive, map_name: str, workdir: Path) -> tuple[dict, dict, dict]:
 
 
 def published_positions(recording: Path, topic: str) -> dict[float, np.ndarray]:
+    """{query stamp: position} of the published matches; each one's covariance must be a covariance."""
     from rosbags.rosbag2 import Reader
 
     from cmirl_ros.datasets.bag import typestore
@@ -62,6 +63,9 @@ def published_positions(recording: Path, topic: str) -> dict[float, np.ndarray]:
             if connection.topic == topic:
                 msg = store.deserialize_cdr(raw, connection.msgtype)
                 p = msg.pose.pose.position
+                covariance = np.asarray(msg.pose.covariance).reshape(6, 6)
+                np.testing.assert_allclose(covariance, covariance.T, atol=1e-12)
+                assert 0 < np.linalg.eigvalsh(covariance).min() and np.diag(covariance)[:3].max() < 1.0, covariance
                 positions[msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9] = np.array([p.x, p.y, p.z])
     return positions
 
