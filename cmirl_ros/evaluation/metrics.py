@@ -352,11 +352,9 @@ def loop_closure_metrics(scores: np.ndarray, correct: np.ndarray, has_revisit: n
     if accepted is not None:
         accepted = np.asarray(accepted, bool) & answered
         precision, recall = _precision_recall(accepted, correct, positives)
-        errors = np.asarray(pose_error, np.float64)[accepted] if pose_error is not None else np.zeros((0, 2))
         verified = dict(verified_curve=precision_recall_curve(np.where(accepted, scores, np.nan), correct, positives),
                         verified_accepted=int(accepted.sum()), verified_precision=precision, verified_recall=recall,
-                        pose_error_m_p50=float(np.median(errors[:, 0])) if len(errors) else None,
-                        pose_error_deg_p50=float(np.median(errors[:, 1])) if len(errors) else None)
+                        **pose_error_medians(pose_error, accepted))
     chance_p = chance_r = None
     if chance_correct is not None and answered.any():
         expected_tp = float(np.asarray(chance_correct, np.float64)[answered].sum())
@@ -387,13 +385,21 @@ def verified_match_figures(verified: np.ndarray, correct: np.ndarray, has_revisi
     queries with a true revisit; pose errors (Q, 2) (m, deg): medians over the verified matches.
     """
     verified, correct, has_revisit = (np.asarray(a, bool) for a in (verified, correct, has_revisit))
-    hits = verified & correct
-    errors = np.zeros((0, 2)) if pose_error is None else np.asarray(pose_error, np.float64).reshape(-1, 2)[verified]
-    return {
-        "verified_matches": int(verified.sum()),
-        "verified_precision": float(hits.sum() / verified.sum()) if verified.any() else None,
-        "verified_recall": float((hits & has_revisit).sum() / has_revisit.sum()) if has_revisit.any() else None,
-        "revisit_queries": int(has_revisit.sum()),
-        "pose_error_m_p50": float(np.median(errors[:, 0])) if len(errors) else None,
-        "pose_error_deg_p50": float(np.median(errors[:, 1])) if len(errors) else None,
-    }
+    positives = int(has_revisit.sum())
+    precision = _precision_recall(verified, correct, positives)[0]
+    recall = _precision_recall(verified, correct & has_revisit, positives)[1]
+    return {"verified_matches": int(verified.sum()), "verified_precision": precision, "verified_recall": recall,
+            "revisit_queries": positives, **pose_error_medians(pose_error, verified)}
+
+
+def poses_within(pose_error: np.ndarray, tolerance_m: float = 1.0, tolerance_deg: float = 5.0) -> np.ndarray:
+    """(Q,) whether each (metres, degrees) pose error is within the tolerances (NaN: not)."""
+    errors = np.asarray(pose_error, np.float64).reshape(-1, 2)
+    return (errors[:, 0] <= tolerance_m) & (errors[:, 1] <= tolerance_deg)
+
+
+def pose_error_medians(pose_error: np.ndarray | None, selected: np.ndarray) -> dict:
+    """Median position (m) and rotation (deg) errors over the `selected` queries; None without any."""
+    errors = np.zeros((0, 2)) if pose_error is None else np.asarray(pose_error, np.float64).reshape(-1, 2)[selected]
+    return {"pose_error_m_p50": float(np.median(errors[:, 0])) if len(errors) else None,
+            "pose_error_deg_p50": float(np.median(errors[:, 1])) if len(errors) else None}

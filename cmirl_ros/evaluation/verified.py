@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from cmirl_ros.evaluation.metrics import pose_errors, verified_match_figures
+from cmirl_ros.evaluation.metrics import pose_errors, poses_within, verified_match_figures
 from cmirl_ros.geometry.poses import place_distances, time_exclusion
 
 
@@ -39,8 +39,7 @@ def evaluate_verified(queries, dataset, mapdb, config, radius: float, axes=None,
         errors.append(pose_errors(refined, queries.poses[i], axes)[0])
         verify_ms.append(result.timings_ms.get("verify", 0.0))
     errors, verified = np.array(errors), np.array(verified)
-    correct = (errors[:, 0] <= tolerance_m) & (errors[:, 1] <= tolerance_deg)
-    figures = verified_match_figures(verified, correct, has_revisit, errors)
+    figures = verified_match_figures(verified, poses_within(errors, tolerance_m, tolerance_deg), has_revisit, errors)
     place = np.array(near_place)[verified]
     figures.update(verify=config.verify, verify_candidates=config.verify_candidates,
                    verified_place_precision=float(place.mean()) if len(place) else None,

@@ -109,11 +109,11 @@ def verified_summary(queries: list[dict], tolerance_m: float = 1.0, tolerance_de
     refined pose is within the tolerances of the ground truth."""
     import numpy as np
 
-    from cmirl_ros.evaluation.metrics import verified_match_figures
+    from cmirl_ros.evaluation.metrics import poses_within, verified_match_figures
 
     verified = np.array([bool(q["matches"]) and q["matches"][0]["verified"] for q in queries])
     errors = np.array([q["pose_error"] or [np.nan, np.nan] for q in queries]).reshape(-1, 2)
-    correct = (errors[:, 0] <= tolerance_m) & (errors[:, 1] <= tolerance_deg)
+    correct = poses_within(errors, tolerance_m, tolerance_deg)
     return verified_match_figures(verified, correct, np.array([q["counted"] for q in queries]), errors)
 
 
