@@ -9,7 +9,7 @@ import pytest
 from cmirl_ros.cli import main as cmirl
 from cmirl_ros.evaluation.metrics import pose_errors, verified_match_figures
 from cmirl_ros.geometry.clouds import transform_points
-from cmirl_ros.geometry.registration import RegistrationConfig, Target, prepare_query, register
+from cmirl_ros.geometry.registration import RegistrationConfig, prepare_query, register
 from cmirl_ros.localization import Localizer, LocalizerConfig
 from cmirl_ros.localization.stages import Candidates, register_stage
 from cmirl_ros.mapdb import Keyframes, MapDatabase
