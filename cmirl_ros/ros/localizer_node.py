@@ -39,6 +39,7 @@ from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.geometry.tf_tree import TfError, TfTree
 from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
+from cmirl_ros.ros.relocalize import Relocalizer, check_parameters
 from cmirl_ros.ros.stats import RecentEvents, RollingStats, Silence
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot, Stamped
 from cmirl_ros.ros.tf_input import add_tf_message
@@ -83,6 +84,10 @@ PARAMETERS = {
     "verify_candidates": 5,
     "max_query_rate": 0.0,
     "map_frame": "map",
+    "odom_frame": "odom",
+    "relocalize_on_start": False,
+    "relocalize_matches": 1,
+    "publish_map_odom_tf": False,
     "publish_candidates": True,
     "publish_loop_closure": True,
     "publish_markers": True,
@@ -173,6 +178,7 @@ class LocalizerNode(LifecycleNode):
         self._last_warning: dict[str, float] = {}
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         self.create_service(Trigger, "~/reload_map", self._on_reload_map)
+        self._relocalizer = Relocalizer(self)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = None
 
@@ -186,6 +192,7 @@ class LocalizerNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {one_line(e)}")
             return TransitionCallbackReturn.FAILURE
         self._create_publishers()
+        self._relocalizer.configure(self.params)
         self._slot = LatestSlot()
         self._stats = RollingStats(window=float(self.params["stats_window"]))
         self._recent_errors = RecentEvents(window=float(self.params["stats_window"]))
@@ -203,6 +210,7 @@ class LocalizerNode(LifecycleNode):
         self._scan_silence = Silence()  # the scan timeout counts from activation
         self._active = True
         self._publish_keyframe_markers()
+        self._relocalizer.activate()
         p = self.params
         self.get_logger().info(
             f"{READY_LOG}: model {self._model.name}, map {p['map']} ({len(self._localizer.mapdb)} keyframes), "
@@ -236,6 +244,7 @@ class LocalizerNode(LifecycleNode):
         for publisher in self._outputs.values():
             self.destroy_publisher(publisher)
         self._outputs = {}
+        self._relocalizer.release()
         self._localizer = self._model = None
 
     @property
@@ -271,6 +280,7 @@ class LocalizerNode(LifecycleNode):
         if params["scan_timeout"] <= 0 or params["sync_queue_size"] < 1:
             raise ValueError(f"parameters 'scan_timeout' ({params['scan_timeout']}) must be > 0 and "
                              f"'sync_queue_size' ({params['sync_queue_size']}) >= 1")
+        check_parameters(params)
         if len(params["marker_lift"]) != 3:
             raise ValueError(f"parameter 'marker_lift' needs 3 values, got {list(params['marker_lift'])}")
         return params
@@ -323,7 +333,7 @@ class LocalizerNode(LifecycleNode):
 
     @staticmethod
     def _tf_needed(params: dict) -> bool:
-        return bool(params["use_scan"]) and not params["calib_file"]
+        return (bool(params["use_scan"]) and not params["calib_file"]) or bool(params["publish_map_odom_tf"])
 
     def _image_topic(self) -> str:
         topic = self.resolve_topic_name(self.params["image_topic"])
@@ -514,7 +524,9 @@ class LocalizerNode(LifecycleNode):
         self.counts["verified"] += verifying
         header = Header(stamp=query.header.stamp, frame_id=self.params["map_frame"])
         best = matches[0]
-        self._publish("match", messages.match_msg(header, best, result.covariance))
+        match = messages.match_msg(header, best, result.covariance)
+        self._publish("match", match)
+        self._relocalizer.offer(match, verifying, self._tf)
         self._publish("candidates", messages.candidates_msg(header, matches))
         self._publish("loop_closure", messages.loop_closure_msg(query.stamp, best.stamp, best.score))
         self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
@@ -583,6 +595,7 @@ class LocalizerNode(LifecycleNode):
             values["scan_silent_s"] = self._scan_silence.seconds()
         if self._tf_needed(self.params):
             values["tf"] = self._tf_status()
+        values.update(self._relocalizer.diagnostics())
         if self._last_calibration_error:
             values["last_calibration_error"] = self._last_calibration_error
         if self._last_rejection:
