@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmirl_ros.geometry.camera import make_transform
-from cmirl_ros.localization.relocalization import OneShotRelocalization, poses_agree, Relocalization
+from cmirl_ros.localization.relocalization import OneShotRelocalization, Relocalization, poses_agree
 
 COVARIANCE = np.diag([0.01, 0.01, 0.01, 1e-4, 1e-4, 1e-4])
 
