@@ -19,6 +19,7 @@ import pytest
 from test_node_lifecycle import Client
 from test_node_verify import CLOUD_VOXEL_M, NEAR_FRAMES, QUERY_FRAMES
 from test_shipped_model import MODEL, load_shipped_or_skip
+from test_slam_inputs import start_namespaced
 
 from cmirl_ros.ros.localizer_node import READY_LOG
 from cmirl_ros.ros.processes import RosProcess, start_localizer
@@ -196,15 +197,7 @@ def test_relocalization_refused_without_verification(lite_checkpoint, lite_map, 
     from std_srvs.srv import Trigger
 
     base = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu"}
-    (ros_workdir / "on_start").mkdir()
-    starting = start_localizer({**base, "relocalize_on_start": True}, ros_workdir / "on_start")
-    try:
-        code = starting.process.wait(timeout=120)
-    finally:
-        starting.stop()
-    errors = [line for line in starting.log().splitlines() if "[ERROR]" in line]
-    assert code == 1 and len(errors) == 1 and "relocalize_on_start" in errors[0] and "verify" in errors[0], starting.log()
-
+    starting = start_namespaced("on_start", {**base, "relocalize_on_start": True}, ros_workdir)  # its own service names
     node = start_localizer(base, ros_workdir)
     rclpy.init()
     try:
@@ -212,6 +205,10 @@ def test_relocalization_refused_without_verification(lite_checkpoint, lite_map, 
         node.wait_for(READY_LOG, 300)
         response = client.call(Trigger, "/localizer/relocalize", Trigger.Request())
         assert not response.success and "verify is 'none'" in response.message, response.message
+        code = starting.process.wait(timeout=120)
     finally:
         rclpy.try_shutdown()
+        starting.stop()
         assert node.stop(signal.SIGINT) == 0, node.log()
+    errors = [line for line in starting.log().splitlines() if "[ERROR]" in line]
+    assert code == 1 and len(errors) == 1 and "relocalize_on_start" in errors[0] and "verify" in errors[0], starting.log()
