@@ -9,10 +9,15 @@ any chain in the tree, walking edges up to the common ancestor and inverting whe
 As in tf2: a frame has one parent (a transform with another parent re-parents the child), a
 lookup outside a dynamic edge's stamps is an extrapolation error, and stamp None means the latest
 time at which every dynamic edge of the chain is known.
+
+Thread-safe: the ROS node adds transforms from its executor thread while its inference thread
+looks them up at query stamps (without the lock a lookup may read an edge's history half pruned).
 """
 from __future__ import annotations
 
 import bisect
+import functools
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,18 +94,30 @@ def slerp(q0: np.ndarray, q1: np.ndarray, fraction: float) -> np.ndarray:
     return (np.sin((1.0 - fraction) * angle) * q0 + np.sin(fraction * angle) * q1) / np.sin(angle)
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def under_lock(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return under_lock
+
+
 class TfTree:
     def __init__(self, cache_seconds: float = DEFAULT_CACHE_SECONDS):
         self.cache_seconds = float(cache_seconds)
+        self._lock = threading.RLock()
         self._edges: dict[str, _Edge] = {}  # keyed by child frame
 
+    @_locked
     def frames(self) -> set[str]:
         return set(self._edges) | {edge.parent for edge in self._edges.values()}
 
+    @_locked
     def parent(self, frame: str) -> str | None:
         edge = self._edges.get(_frame_name(frame))
         return edge.parent if edge else None
 
+    @_locked
     def set_transform(self, parent: str, child: str, translation, rotation, stamp: float | None = None) -> None:
         """Add parent -> child (child's pose in parent; rotation as quaternion x, y, z, w).
         stamp None: a static transform; else one sample of a dynamic edge."""
@@ -120,6 +137,7 @@ class TfTree:
         else:
             self._insert_sample(edge, float(stamp), translation, quaternion)
 
+    @_locked
     def clear(self) -> None:
         """Forget the dynamic transforms; static ones stay (tf2 does the same when time jumps back)."""
         self._edges = {child: edge for child, edge in self._edges.items() if edge.static}
@@ -148,6 +166,7 @@ class TfTree:
         oldest_kept = bisect.bisect_left(edge.stamps, edge.stamps[-1] - self.cache_seconds)
         del edge.stamps[:oldest_kept], edge.translations[:oldest_kept], edge.quaternions[:oldest_kept]
 
+    @_locked
     def lookup(self, target: str, source: str, stamp: float | None = None) -> np.ndarray:
         """T_target_source (4x4) at `stamp` (None: the latest time the whole chain is known)."""
         target, source = _frame_name(target), _frame_name(source)

@@ -145,3 +145,44 @@ def test_set_matrix_matches_set_transform():
     tree.set_matrix("a", "b", T)
     assert np.allclose(tree.lookup("a", "b"), T)
     assert np.allclose(tree.lookup("b", "a"), np.linalg.inv(T))
+
+
+def test_lookups_while_another_thread_adds_transforms():
+    """The node adds /tf from its executor thread while its inference thread looks up odom -> base at
+    query stamps: with threads switching every microsecond, unlocked lookups read histories half
+    pruned (IndexError, hundreds in 1 s); locked, only tf's own errors remain."""
+    import sys
+    import threading
+    import time
+
+    tree = TfTree(cache_seconds=0.5)
+    tree.set_transform("odom", "base_link", (0, 0, 0), (0, 0, 0, 1), 0.0)
+    deadline = time.monotonic() + 1.0
+    errors = []
+
+    def write():
+        stamp = 0.0
+        while time.monotonic() < deadline:
+            stamp += 0.01
+            tree.set_transform("odom", "base_link", (stamp, 0, 0), (0, 0, 0, 1), stamp)
+
+    def read():
+        while time.monotonic() < deadline:
+            try:
+                tree.lookup("odom", "base_link", None)
+            except ExtrapolationError:
+                pass
+            except Exception as e:
+                errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=write), threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [], errors[:3]
