@@ -212,3 +212,14 @@ def test_relocalization_refused_without_verification(lite_checkpoint, lite_map, 
         assert node.stop(signal.SIGINT) == 0, node.log()
     errors = [line for line in starting.log().splitlines() if "[ERROR]" in line]
     assert code == 1 and len(errors) == 1 and "relocalize_on_start" in errors[0] and "verify" in errors[0], starting.log()
+
+
+def test_relocalization_parameters_checked():
+    from cmirl_ros.ros.relocalize import check_parameters
+
+    verified = {"relocalize_on_start": True, "verify": "registration", "relocalize_matches": 3}
+    check_parameters(verified)
+    with pytest.raises(ValueError, match="'relocalize_matches' must be >= 1, got 0"):
+        check_parameters({**verified, "relocalize_matches": 0})
+    with pytest.raises(ValueError, match="'relocalize_on_start' needs verify: registration"):
+        check_parameters({**verified, "verify": "none"})
