@@ -218,17 +218,17 @@ class LocalizerNode(LifecycleNode):
     # ------------------------------------------------------------------ setup
     def _read_parameters(self) -> dict:
         params = {name: self.get_parameter(name).value for name in PARAMETERS}
+        check_parameters(params)  # choices, bounds, lengths
+        if params["verify"] == SEQUENCE_VERIFY:
+            raise ValueError("parameter 'verify' is 'sequence': sequence verification runs in `cmirl localize` / "
+                             "`cmirl eval` only; the node verifies with registration")
         if not params["map"]:
             raise ValueError("parameter 'map' is empty: give a map directory (cmirl map build ... --out DIR)")
         if not (Path(params["map"]) / "manifest.json").is_file():  # fail before the slow model load
             raise FileNotFoundError(f"{params['map']}: not a map directory (no manifest.json); build one with cmirl map build")
-        check_parameters(params)  # choices, bounds, lengths
         if params["use_scan"] and not params["calib_file"] and not params["use_camera_info"]:
             raise ValueError("use_scan without 'calib_file' takes the calibration from tf and CameraInfo: "
                              "use_camera_info must be true (or give a KITTI calib.txt as calib_file)")
-        if params["verify"] == SEQUENCE_VERIFY:
-            raise ValueError("parameter 'verify' is 'sequence': sequence verification runs in `cmirl localize` / "
-                             "`cmirl eval` only; the node verifies with registration")
         if params["verify"] != "none" and not params["use_scan"]:
             raise ValueError(f"verify '{params['verify']}' registers the live scan against the map's keyframe clouds: "
                              "it needs use_scan: true")
