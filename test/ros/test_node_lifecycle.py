@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-
 from cmirl_ros.ros.localizer_node import READY_LOG, WAITING_LOG
 from cmirl_ros.ros.processes import start_localizer
 
