@@ -149,8 +149,8 @@ SECTIONS = (
                "must agree with the motion", choices=_verify_choices),
         Option("verify_candidates", 5, "with verify: how many of the best candidates are tried, in rank order",
                at_least=1),
-        Option("registration_min_fitness", 0.4, "registration: accept when this fraction of the scan's points "
-               "are inliers ...", at_least=0, at_most=1),
+        Option("registration_min_fitness", 0.4, "registration: accept when this fraction of the scan's structure "
+               "points (not horizontal) are inliers ...", at_least=0, at_most=1),
         Option("registration_max_rmse_m", 0.45, "m: ... and their rmse is at most this ...", above=0),
         Option("registration_min_inliers", 200, "... and at least this many structure points are inliers",
                at_least=0),
