@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup interfaces demo test test-fast bench colcon-check clean
+.PHONY: setup interfaces demo test test-fast bench colcon-check config clean
 
 # Generated message packages (tf2_msgs, cmirl_ros_interfaces): see interfaces/build.sh.
 IFACE_STAMP := build/interfaces/install/.built
@@ -31,6 +31,10 @@ test: $(STAMP) $(IFACE_STAMP)
 
 test-fast: $(STAMP) $(IFACE_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" test
+
+# config/localize.yaml is generated from the option tree (cmirl_ros/options.py); a test keeps it current.
+config: $(STAMP)
+	$(BIN)/cmirl config localize-yaml --out config/localize.yaml
 
 colcon-check: $(STAMP)
 	bash test/colcon_check.sh

@@ -21,6 +21,7 @@ COMMANDS = {
     "bag": "cmirl_ros.ros.bag_cli",
     "demo": "cmirl_ros.ros.demo",
     "bench": "cmirl_ros.benchmarks",
+    "config": "cmirl_ros.options",
 }
 
 

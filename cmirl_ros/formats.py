@@ -34,8 +34,10 @@ class ModelFormatError(FileFormatError):
     """A model checkpoint (.safetensors weights and their metadata) is bad."""
 
 
-def one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+def one_line(text: str | BaseException) -> str:
+    """`text` (or an exception's message) on one line; an exception without a message: its type's name."""
+    joined = "; ".join(" ".join(line.split()) for line in str(text).splitlines() if line.strip())
+    return joined or (type(text).__name__ if isinstance(text, BaseException) else "")
 
 
 # ------------------------------------------------------------------------------------------- schemas

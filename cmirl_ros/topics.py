@@ -1,6 +1,6 @@
 """Default topic names, in one place: the node's inputs (and the launch file's remappings), what
-`cmirl bag from-kitti` writes and what the bag dataset reads. config/localize.yaml repeats the
-node's defaults for users (test/ros/test_launch.py checks that they agree).
+`cmirl bag from-kitti` writes and what the bag dataset reads. The node's topic parameters take
+their defaults from here (cmirl_ros/options.py), and config/localize.yaml is generated from those.
 
 The node's inputs are relative names, so that a namespace applies to them (`robot1/localizer`
 reads `/robot1/camera/image`). A bag records fully qualified names: the bag's are the node's
@@ -14,7 +14,7 @@ CAMERA_INFO = "camera/camera_info"
 POINTS = "lidar/points"
 COMPRESSED_SUFFIX = "/compressed"  # image_transport's compressed topic: `<image topic>/compressed`
 
-# The node's input-topic parameters and their defaults.
+# The node's input-topic parameters and their defaults (the launch file remaps the same names).
 NODE_INPUTS = {"image_topic": IMAGE, "camera_info_topic": CAMERA_INFO, "points_topic": POINTS}
 
 # Roles of a bag's topics -> names (absolute: the root namespace's names of the node's inputs).

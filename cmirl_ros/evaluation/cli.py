@@ -24,7 +24,7 @@ HELP = "evaluate place recognition (Recall@1, Recall@1%, both protocols, ablatio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cmirl_ros.datasets import add_dataset_args
-    from cmirl_ros.localization.cli import add_verification_args
+    from cmirl_ros.options import add_cli_arguments
 
     parser.add_argument("--model", help="shipped model name, checkpoint directory, or model config name")
     parser.add_argument("--map", type=Path, default=None,
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--keyframe-distance", type=float, default=0.0, help="in-memory map: keyframe spacing (m)")
     parser.add_argument("--keyframe-angle", type=float, default=0.0, help="in-memory map: keyframe rotation (deg)")
-    add_verification_args(parser)
+    add_cli_arguments(parser, ("verification", "sequence"), names=("retrieve",))
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.datasets import open_dataset, parse_frames
     from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
     from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
-    from cmirl_ros.localization.sequence import config_from_args
+    from cmirl_ros.options import sequence_config
     from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.evaluation.report import (markdown_table, plot_pr_curves, plot_recall_curves, pr_plot_path,
                                              write_json)
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         **{key: rows[0][1][next(iter(rows[0][1]))][loop_protocol][key] for key in LOOP_CLOSURE_KEYS},
         # Registration verification: its figures (refined poses, verified matches) replace the score-based ones.
         **({key: first[key] for key in VERIFIED_KEYS} if args.verify == "registration" else {}),
-        "sequence": config_from_args(args).to_dict() if args.verify == "sequence" else None,
+        "sequence": sequence_config(vars(args)).to_dict() if args.verify == "sequence" else None,
     }
     kind = "conditions" if args.conditions else "ablations" if args.ablations else "model"
     title = f"{label}: Recall (%) ({kind}), radius {args.radius} m" + (f", angle {args.angle} deg" if args.angle else "")
@@ -191,12 +191,13 @@ def verify_matches(result, queries, map_side, args, axes) -> None:
     if args.verify != "sequence":
         return
     from cmirl_ros.evaluation.metrics import pose_errors
-    from cmirl_ros.localization.sequence import config_from_args, verify_sequence
+    from cmirl_ros.localization.sequence import verify_sequence
+    from cmirl_ros.options import sequence_config
 
     has_match = result.best >= 0
     matched = map_side.poses[np.maximum(result.best, 0)]
     odometry = queries.poses[:, :3, 3] if args.sequence_odometry else None
-    accepted = verify_sequence(queries.stamps, matched[:, :3, 3], has_match, odometry, config_from_args(args), axes)
+    accepted = verify_sequence(queries.stamps, matched[:, :3, 3], has_match, odometry, sequence_config(vars(args)), axes)
     result.verify(accepted, args.verify, pose_errors(matched, queries.poses, axes))
 
 
@@ -216,10 +217,9 @@ VERIFIED_KEYS = ("verify", "verified_precision", "verified_recall", "pose_error_
 def _verified(args, queries, dataset, mapdb, axes, protocol: str) -> dict:
     """Verified-match figures of one protocol (revisit: the --exclude-seconds window applies)."""
     from cmirl_ros.evaluation.verified import evaluate_verified
-    from cmirl_ros.localization import LocalizerConfig
+    from cmirl_ros.options import localizer_config
 
-    config = LocalizerConfig(top_k=1, exclude_seconds=args.exclude_seconds if protocol == "revisit" else 0.0,
-                             verify=args.verify, verify_candidates=args.verify_candidates, retrieve=args.retrieve)
+    config = localizer_config(vars(args), top_k=1, exclude_seconds=args.exclude_seconds if protocol == "revisit" else 0.0)
     figures = evaluate_verified(queries, dataset, mapdb, config, args.radius, axes, with_scan=args.with_scan)
     print(f"{protocol}: verified precision {figures['verified_precision']}, recall {figures['verified_recall']} "
           f"({figures['verified_matches']} verified of {len(queries.descriptors)}, {figures['revisit_queries']} with a true "

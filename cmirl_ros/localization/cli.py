@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cmirl_ros.options import add_cli_arguments
+
 HELP = "localize a dataset's frames against a map database; writes matches and recall"
 
 
@@ -15,31 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_args(parser)
     parser.add_argument("--model", default=None, help="model (default: the map's model name)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--score-threshold", type=float, default=-1.0, help="drop matches below this cosine score")
-    parser.add_argument("--exclude-seconds", type=float, default=0.0,
-                        help="skip keyframes of the same session within this many seconds (revisit protocol)")
-    parser.add_argument("--rerank", default="none", help="none | exact | query_expansion | cross_attention (map built with --tokens)")
     parser.add_argument("--with-scan", action="store_true", help="also feed each frame's scan (image + live LiDAR)")
-    add_verification_args(parser)
+    add_cli_arguments(parser, ("localizer", "verification", "sequence"))
     parser.add_argument("--radius", type=float, default=10.0, help="a match within this many metres is correct")
     parser.add_argument("--every", type=int, default=1, help="localize every n-th frame")
     parser.add_argument("--json", type=Path, default=None,
                         help="write per-query matches and the summary here (and the loop-closure PR curve, NAME_pr.png)")
-
-
-def add_verification_args(parser: argparse.ArgumentParser) -> None:
-    """The stage flags that `cmirl localize` and `cmirl eval` share (docs/verification.md)."""
-    from cmirl_ros.localization.sequence import add_sequence_arguments
-
-    parser.add_argument("--verify", choices=("none", "registration", "sequence"), default="none",
-                        help="registration: each frame's live scan against the keyframe clouds (needs a map with "
-                             "clouds), unverified candidates are dropped; sequence: a match counts only when the last "
-                             "N queries' matches agree with the motion (image-only queries; SeqSLAM-like)")
-    parser.add_argument("--verify-candidates", type=int, default=5, help="candidates the verifier tries per frame")
-    parser.add_argument("--retrieve", default="faiss",
-                        help="faiss | faiss_scan_context (adds the keyframes whose clouds match the live scan by Scan Context)")
-    add_sequence_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.datasets import open_dataset
     from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
     from cmirl_ros.evaluation.report import plot_pr_curves, pr_plot_path
-    from cmirl_ros.localization import Localizer, LocalizerConfig
+    from cmirl_ros.localization import Localizer
     from cmirl_ros.mapdb import MapDatabase
     from cmirl_ros.mapdb.validate import read_manifest
     from cmirl_ros.models import load_model, model_fingerprint
+    from cmirl_ros.options import localizer_config
 
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
@@ -61,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.map}: the manifest names no model; pass --model")
     model = load_model(model_name, device=args.device)
     mapdb = MapDatabase.load(args.map, expect_fingerprint=model_fingerprint(model))
-    config = LocalizerConfig(top_k=args.top_k, score_threshold=args.score_threshold, exclude_seconds=args.exclude_seconds,
-                             exclude_session=dataset.name, rerank=args.rerank,
-                             verify="registration" if args.verify == "registration" else "none",  # sequence: below
-                             verify_candidates=args.verify_candidates, retrieve=args.retrieve)
+    config = localizer_config(vars(args), exclude_session=dataset.name)  # verify sequence: after the localizer
     localizer = Localizer(model, mapdb, config)
     map_poses = mapdb.keyframes.poses()
     queries = []
@@ -155,7 +136,8 @@ def loop_closure_of(queries: list[dict], axes, args):
     import numpy as np
 
     from cmirl_ros.evaluation.metrics import loop_closure_metrics
-    from cmirl_ros.localization.sequence import config_from_args, verify_sequence
+    from cmirl_ros.localization.sequence import verify_sequence
+    from cmirl_ros.options import sequence_config
 
     scores = np.array([q["matches"][0]["score"] if q["matches"] else -np.inf for q in queries])
     accepted = None
@@ -164,7 +146,7 @@ def loop_closure_of(queries: list[dict], axes, args):
         matched = np.array([q["matches"][0]["position"] if q["matches"] else [0.0] * 3 for q in queries]).reshape(-1, 3)
         odometry = np.array([q["position"] for q in queries]).reshape(-1, 3) if args.sequence_odometry else None
         accepted = verify_sequence(np.array([q["stamp"] for q in queries]), matched, has_match, odometry,
-                                   config_from_args(args), axes)
+                                   sequence_config(vars(args)), axes)
     errors = np.array([q["pose_error"] or [np.nan, np.nan] for q in queries]).reshape(-1, 2)
     return loop_closure_metrics(scores, [q["correct_top1"] for q in queries], [q["counted"] for q in queries],
                                 accepted, args.verify, [q["chance_correct"] for q in queries], errors)

@@ -123,23 +123,3 @@ def verify_sequence(stamps: np.ndarray, match_positions: np.ndarray, has_match: 
         for i in range(len(stamps))
     ], dtype=bool)
 
-
-def add_sequence_arguments(parser) -> None:
-    """The settings of `--verify sequence`."""
-    d = SequenceConfig()
-    parser.add_argument("--sequence-length", type=int, default=d.length, help="N consecutive agreeing matches")
-    parser.add_argument("--sequence-tolerance", type=float, default=d.tolerance_m,
-                        help="per step: |matched keyframe distance - travelled distance| (m)")
-    parser.add_argument("--sequence-max-speed", type=float, default=d.max_speed,
-                        help="without odometry: consecutive matches at most this fast apart (m/s)")
-    parser.add_argument("--sequence-max-gap", type=float, default=d.max_gap_s, help="a longer pause restarts (s)")
-    parser.add_argument("--sequence-min-travel", type=float, default=d.min_travel_m,
-                        help="with odometry: the N queries must span this much travel (m)")
-    parser.add_argument("--sequence-odometry", action="store_true",
-                        help="use the queries' poses as odometry (relative distances only); default: stamps only")
-
-
-def config_from_args(args) -> SequenceConfig:
-    return SequenceConfig(length=args.sequence_length, tolerance_m=args.sequence_tolerance,
-                          max_speed=args.sequence_max_speed, max_gap_s=args.sequence_max_gap,
-                          min_travel_m=args.sequence_min_travel)

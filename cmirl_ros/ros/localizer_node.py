@@ -23,6 +23,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -33,13 +34,16 @@ from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
+from cmirl_ros.formats import one_line
 from cmirl_ros.geometry.camera import Calibration, PinholeCamera, make_transform
 from cmirl_ros.geometry.frames import calibration_from_tf
 from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.geometry.tf_tree import TfError, TfTree
+from cmirl_ros.options import SEQUENCE_VERIFY, check_parameters, localizer_config, node_options
 from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
-from cmirl_ros.ros.relocalize import Relocalizer, check_parameters
+from cmirl_ros.ros.relocalize import Relocalizer
+from cmirl_ros.ros.relocalize import check_parameters as check_relocalization
 from cmirl_ros.ros.stats import RecentEvents, RollingStats, Silence
 from cmirl_ros.ros.sync import ImageScanSynchronizer, LatestSlot, Stamped
 from cmirl_ros.ros.tf_input import add_tf_message
@@ -52,53 +56,15 @@ from cmirl_ros.sensor_decoding import (
     pointcloud2_to_xyzi,
     stamp_to_seconds,
 )
-from cmirl_ros.topics import COMPRESSED_SUFFIX, NODE_INPUTS
+from cmirl_ros.topics import COMPRESSED_SUFFIX
 
 NODE_NAME = "localizer"
 READY_LOG = "localizer ready"
 WAITING_LOG = "localizer waiting for configure"
 
-# Every parameter with its default; config/localize.yaml lists the same keys (a test checks).
-PARAMETERS = {
-    "managed": False,
-    "model": "cmirl_driving",
-    "map": "",
-    "device": "auto",
-    "num_threads": 0,
-    **NODE_INPUTS,
-    "image_transport": "raw",
-    "qos": "sensor_data",
-    "use_camera_info": True,
-    "use_scan": False,
-    "calib_file": "",
-    "base_frame": "base_link",
-    "sync_slop": 0.05,
-    "sync_queue_size": 10,
-    "scan_timeout": 1.0,
-    "fallback_image_only": False,
-    "top_k": 5,
-    "score_threshold": -1.0,
-    "exclude_seconds": 0.0,
-    "retrieve": "faiss",
-    "verify": "none",
-    "verify_candidates": 5,
-    "max_query_rate": 0.0,
-    "map_frame": "map",
-    "odom_frame": "odom",
-    "relocalize_on_start": False,
-    "relocalize_matches": 1,
-    "publish_map_odom_tf": False,
-    "publish_candidates": True,
-    "publish_loop_closure": True,
-    "publish_markers": True,
-    "publish_debug_image": False,
-    "diagnostics_period": 1.0,
-    "stats_window": 10.0,
-    "marker_lift": [0.0, -5.0, 0.0],
-    "warn_throttle_s": 5.0,
-}
-QOS_CHOICES = ("sensor_data", "reliable")
-TRANSPORT_CHOICES = ("raw", "compressed")
+# Every parameter with its default, from the option tree (cmirl_ros/options.py), which also
+# generates config/localize.yaml and the shared flags of `cmirl localize` / `cmirl eval`.
+PARAMETERS = {option.name: option.default for option in node_options()}
 # tf2's listener QoS: /tf_static latched, both deep enough for a burst of transforms.
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -112,10 +78,6 @@ NO_CALIBRATION = (TfError, OSError, *BAD_MESSAGE)
 
 class LoadError(Exception):
     """Loading a model or map failed; the message names the file and the problem."""
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def naming_the_file(kind: str, source, load):
@@ -146,8 +108,9 @@ class Query:
 class LocalizerNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for name, default in PARAMETERS.items():
-            self.declare_parameter(name, default)
+        for option in node_options():
+            self.declare_parameter(option.name, option.default, ParameterDescriptor(
+                description=option.help, additional_constraints=option.constraints()))
         self.params: dict = {}
         self._localizer = None
         self._model = None
@@ -261,34 +224,27 @@ class LocalizerNode(LifecycleNode):
     # ------------------------------------------------------------------ setup
     def _read_parameters(self) -> dict:
         params = {name: self.get_parameter(name).value for name in PARAMETERS}
+        check_parameters(params)  # choices, bounds, lengths
+        if params["verify"] == SEQUENCE_VERIFY:
+            raise ValueError("parameter 'verify' is 'sequence': sequence verification runs in `cmirl localize` / "
+                             "`cmirl eval` only; the node verifies with registration")
         if not params["map"]:
             raise ValueError("parameter 'map' is empty: give a map directory (cmirl map build ... --out DIR)")
         if not (Path(params["map"]) / "manifest.json").is_file():  # fail before the slow model load
             raise FileNotFoundError(f"{params['map']}: not a map directory (no manifest.json); build one with cmirl map build")
-        if params["qos"] not in QOS_CHOICES:
-            raise ValueError(f"parameter 'qos' is '{params['qos']}', expected one of {QOS_CHOICES}")
-        if params["top_k"] < 1:
-            raise ValueError(f"parameter 'top_k' must be >= 1, got {params['top_k']}")
-        if params["image_transport"] not in TRANSPORT_CHOICES:
-            raise ValueError(f"parameter 'image_transport' is '{params['image_transport']}', expected one of {TRANSPORT_CHOICES}")
         if params["use_scan"] and not params["calib_file"] and not params["use_camera_info"]:
             raise ValueError("use_scan without 'calib_file' takes the calibration from tf and CameraInfo: "
                              "use_camera_info must be true (or give a KITTI calib.txt as calib_file)")
         if params["verify"] != "none" and not params["use_scan"]:
             raise ValueError(f"verify '{params['verify']}' registers the live scan against the map's keyframe clouds: "
                              "it needs use_scan: true")
-        if params["scan_timeout"] <= 0 or params["sync_queue_size"] < 1:
-            raise ValueError(f"parameters 'scan_timeout' ({params['scan_timeout']}) must be > 0 and "
-                             f"'sync_queue_size' ({params['sync_queue_size']}) >= 1")
-        check_parameters(params)
-        if len(params["marker_lift"]) != 3:
-            raise ValueError(f"parameter 'marker_lift' needs 3 values, got {list(params['marker_lift'])}")
+        check_relocalization(params)
         return params
 
     def _load(self) -> None:
         import torch
 
-        from cmirl_ros.localization import Localizer, LocalizerConfig
+        from cmirl_ros.localization import Localizer
         from cmirl_ros.mapdb import MapDatabase
         from cmirl_ros.models import load_model, model_fingerprint
 
@@ -296,9 +252,7 @@ class LocalizerNode(LifecycleNode):
         if p["num_threads"] > 0:
             torch.set_num_threads(int(p["num_threads"]))
         self._model = naming_the_file("model", p["model"], lambda: load_model(p["model"], device=p["device"]))
-        config = LocalizerConfig(top_k=int(p["top_k"]), score_threshold=float(p["score_threshold"]),
-                                 exclude_seconds=float(p["exclude_seconds"]), retrieve=p["retrieve"],
-                                 verify=p["verify"], verify_candidates=int(p["verify_candidates"]))
+        config = localizer_config(p)
         self._localizer = naming_the_file("map", p["map"], lambda: Localizer(
             self._model, MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model)), config))
         self._calibrations = {}

@@ -34,12 +34,10 @@ MAP_ODOM_FUTURE_S = 0.5
 
 
 def check_parameters(params: dict) -> None:
-    """Refuse what would let an unverified pose become an initial pose, or is not a count."""
+    """Refuse what would let an unverified pose become an initial pose."""
     if params["relocalize_on_start"] and params["verify"] == "none":
         raise ValueError("parameter 'relocalize_on_start' needs verify: registration: an unverified match must never "
                          "become an initial pose")
-    if params["relocalize_matches"] < 1:
-        raise ValueError(f"parameter 'relocalize_matches' must be >= 1, got {params['relocalize_matches']}")
 
 
 class Relocalizer:

@@ -7,6 +7,7 @@ the offline localizer answers), not retrieval quality.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,50 @@ def lite_map(sim_root, lite_model, tmp_path_factory) -> Path:
 def ros_workdir(tmp_path) -> Path:
     """Where a test's processes write their logs (kept by pytest for a failed test)."""
     return tmp_path
+
+
+@pytest.fixture
+def live_localizer(ros_workdir):
+    """`live_localizer(params, node_name)` -> (process, node, client): a localizer process that has
+    logged `ready` (default: READY_LOG), and a test-side rclpy node with a `Client`. At teardown both
+    stop, and the localizer must have exited cleanly on SIGINT, without a traceback."""
+    import rclpy
+
+    from cmirl_ros.ros.localizer_node import READY_LOG
+    from cmirl_ros.ros.processes import start_localizer
+    from test_node_lifecycle import Client
+
+    started = []
+
+    def start(params: dict, node_name: str, ready: str = READY_LOG):
+        process = start_localizer(params, ros_workdir)
+        rclpy.init()
+        node = rclpy.create_node(node_name)
+        started.append((process, node))
+        process.wait_for(ready, 120)
+        return process, node, Client(rclpy, node)
+
+    yield start
+    for process, node in started:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = process.stop(signal.SIGINT)
+        assert code == 0 and "Traceback" not in process.log(), process.log()[-3000:]
+
+
+@pytest.fixture
+def refused_start(ros_workdir):
+    """`refused_start(params, workdir=ros_workdir)` -> (exit code, ERROR lines, log) of a plain localizer
+    started with `params`, which should fail to configure and exit."""
+    from cmirl_ros.ros.processes import start_localizer
+
+    def start(params: dict, workdir: Path = ros_workdir):
+        process = start_localizer(params, workdir)
+        try:
+            code = process.process.wait(timeout=120)
+        finally:
+            process.stop()
+        log = process.log()
+        return code, [line for line in log.splitlines() if "[ERROR]" in line], log
+
+    return start

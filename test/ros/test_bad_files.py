@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
-from cmirl_ros.ros.localizer_node import READY_LOG, WAITING_LOG
-from cmirl_ros.ros.processes import start_localizer
-from test_node_lifecycle import Client, state, transition
+from cmirl_ros.ros.localizer_node import WAITING_LOG
+from test_node_lifecycle import state, transition
 
 NODE_PARAMS = {"device": "cpu", "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.0}
 
@@ -76,8 +74,8 @@ def error_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if "[ERROR]" in line]
 
 
-def test_reload_map_keeps_the_old_map_whatever_the_directory_holds(sim_root, lite_checkpoint, lite_map, ros_workdir):
-    import rclpy
+def test_reload_map_keeps_the_old_map_whatever_the_directory_holds(sim_root, lite_checkpoint, lite_map, ros_workdir,
+                                                                    live_localizer):
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -89,85 +87,58 @@ def test_reload_map_keeps_the_old_map_whatever_the_directory_holds(sim_root, lit
 
     live_map = ros_workdir / "map"
     shutil.copytree(lite_map, live_map)
-    process = start_localizer({**NODE_PARAMS, "model": str(lite_checkpoint), "map": str(live_map)}, ros_workdir)
-    rclpy.init()
-    node = rclpy.create_node("cmirl_reload_test")
-    client = Client(rclpy, node)
-    try:
-        process.wait_for(READY_LOG, 120)
-        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        images = node.create_publisher(Image, IMAGE, reliable)
-        matches = []
-        node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
-        assert client.spin_until(lambda: images.get_subscription_count() > 0, 10)
-        image = KittiSequence(sim_root, "00")[3].image
+    process, node, client = live_localizer({**NODE_PARAMS, "model": str(lite_checkpoint), "map": str(live_map)},
+                                           "cmirl_reload_test")
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    images = node.create_publisher(Image, IMAGE, reliable)
+    matches = []
+    node.create_subscription(PoseWithCovarianceStamped, "/localizer/match", matches.append, 10)
+    assert client.spin_until(lambda: images.get_subscription_count() > 0, 10)
+    image = KittiSequence(sim_root, "00")[3].image
 
-        def answered(seconds: float) -> bool:
-            count = len(matches)
-            images.publish(numpy_to_image(image, "rgb8", stamp=seconds_to_stamp(seconds), frame_id="camera"))
-            return client.spin_until(lambda: len(matches) > count, 30)
+    def answered(seconds: float) -> bool:
+        count = len(matches)
+        images.publish(numpy_to_image(image, "rgb8", stamp=seconds_to_stamp(seconds), frame_id="camera"))
+        return client.spin_until(lambda: len(matches) > count, 30)
 
-        assert answered(1.0)
-        for k, (name, damage) in enumerate(DAMAGES.items()):
-            damaged_copy(lite_map, ros_workdir, damage)
-            reply = client.call(Trigger, "/localizer/reload_map", Trigger.Request())
-            assert not reply.success, name
-            assert "keeping the current map" in reply.message and str(live_map) in reply.message, reply.message
-            assert process.process.poll() is None, f"{name}: the node died:\n{process.log()[-3000:]}"
-            assert answered(2.0 + k), f"{name}: no answer after the failed reload"
-        damaged_copy(lite_map, ros_workdir, lambda directory: None)
-        assert client.call(Trigger, "/localizer/reload_map", Trigger.Request()).success
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        code = process.stop(signal.SIGINT)
-    assert code == 0, process.log()[-3000:]
-    assert "Traceback" not in process.log(), process.log()[-3000:]
+    assert answered(1.0)
+    for k, (name, damage) in enumerate(DAMAGES.items()):
+        damaged_copy(lite_map, ros_workdir, damage)
+        reply = client.call(Trigger, "/localizer/reload_map", Trigger.Request())
+        assert not reply.success, name
+        assert "keeping the current map" in reply.message and str(live_map) in reply.message, reply.message
+        assert process.process.poll() is None, f"{name}: the node died:\n{process.log()[-3000:]}"
+        assert answered(2.0 + k), f"{name}: no answer after the failed reload"
+    damaged_copy(lite_map, ros_workdir, lambda directory: None)
+    assert client.call(Trigger, "/localizer/reload_map", Trigger.Request()).success
 
 
 @pytest.mark.parametrize("bad", ["map", "model"])
-def test_plain_node_started_on_a_damaged_file_logs_one_error_and_exits(bad, lite_checkpoint, lite_map, ros_workdir):
+def test_plain_node_started_on_a_damaged_file_logs_one_error_and_exits(bad, lite_checkpoint, lite_map, ros_workdir,
+                                                                       refused_start):
     if bad == "map":
         model, map_dir = lite_checkpoint, damaged_copy(lite_map, ros_workdir, _counts_without_keyframes)
         named = str(map_dir)
     else:
         model, map_dir = model_without_config(lite_checkpoint, ros_workdir), lite_map
         named = str(model)
-    process = start_localizer({**NODE_PARAMS, "model": str(model), "map": str(map_dir)}, ros_workdir)
-    try:
-        code = process.process.wait(timeout=120)
-    finally:
-        process.stop()
-    log = process.log()
+    code, errors, log = refused_start({**NODE_PARAMS, "model": str(model), "map": str(map_dir)})
     assert code != 0, log
-    errors = error_lines(log)
     assert len(errors) == 1 and "configure failed" in errors[0] and named in errors[0], log
     assert "Traceback" not in log, log
 
 
-def test_managed_node_configure_on_a_damaged_map_fails_cleanly(lite_checkpoint, lite_map, ros_workdir):
-    import rclpy
+def test_managed_node_configure_on_a_damaged_map_fails_cleanly(lite_checkpoint, lite_map, ros_workdir, live_localizer):
     from lifecycle_msgs.msg import Transition
 
     map_dir = damaged_copy(lite_map, ros_workdir, _files_as_a_list)
-    process = start_localizer({**NODE_PARAMS, "managed": True, "model": str(lite_checkpoint), "map": str(map_dir)},
-                              ros_workdir)
-    rclpy.init()
-    node = rclpy.create_node("cmirl_bad_configure_test")
-    client = Client(rclpy, node)
-    try:
-        process.wait_for(WAITING_LOG, 120)
-        assert not transition(client, Transition.TRANSITION_CONFIGURE)
-        assert state(client) == "unconfigured"
-        assert process.process.poll() is None
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        code = process.stop(signal.SIGINT)
-    log = process.log()
-    errors = error_lines(log)
-    assert len(errors) == 1 and "configure failed" in errors[0] and str(map_dir) in errors[0], log
-    assert code == 0 and "Traceback" not in log, log
+    process, node, client = live_localizer({**NODE_PARAMS, "managed": True, "model": str(lite_checkpoint),
+                                            "map": str(map_dir)}, "cmirl_bad_configure_test", ready=WAITING_LOG)
+    assert not transition(client, Transition.TRANSITION_CONFIGURE)
+    assert state(client) == "unconfigured"
+    assert process.process.poll() is None
+    errors = error_lines(process.log())
+    assert len(errors) == 1 and "configure failed" in errors[0] and str(map_dir) in errors[0], process.log()
 
 
 def test_reload_map_reports_any_exception_of_the_loader():

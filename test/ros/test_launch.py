@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cmirl_ros.options import OPTIONS
 from cmirl_ros.ros.localizer_node import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,8 +150,9 @@ from cmirl_ros.ros.localizer_node import LocalizerNode, PARAMETERS
 rclpy.init(args=sys.argv)
 node = LocalizerNode()
 values = {name: node.get_parameter(name).value for name in list(PARAMETERS) + ["use_sim_time"]}
+descriptions = {name: node.describe_parameter(name).description for name in PARAMETERS}
 topics = {name: node.resolve_topic_name(values[name]) for name in ("image_topic", "camera_info_topic", "points_topic")}
-print(json.dumps({"fqn": node.get_fully_qualified_name(), "params": values, "topics": topics,
+print(json.dumps({"fqn": node.get_fully_qualified_name(), "params": values, "descriptions": descriptions, "topics": topics,
                   "match": node.resolve_topic_name("~/match")}, default=list))
 node.destroy_node()
 rclpy.shutdown()
@@ -168,7 +170,10 @@ def test_resolved_launch_configures_a_real_node(monkeypatch, tmp_path):
     params = report["params"]
     assert params["map"] == str(tmp_path / "map") and params["model"] == "cmirl_lite"
     assert params["use_sim_time"] is True
-    assert params["top_k"] == PARAMETERS["top_k"] and params["qos"] == "sensor_data"  # from the params file
+    # Everything not given on the command line: the option tree's defaults, through the params file.
+    given = {"map", "model", "use_sim_time"}
+    assert {k: v for k, v in params.items() if k not in given} == {k: v for k, v in PARAMETERS.items() if k not in given}
+    assert report["descriptions"] == {name: OPTIONS[name].help for name in PARAMETERS}
     # Remapped by its launch argument, or the relative default in the node's namespace.
     assert report["topics"] == {"image_topic": "/kitti/image", "camera_info_topic": "/robot1/camera/camera_info",
                                 "points_topic": "/robot1/lidar/points"}

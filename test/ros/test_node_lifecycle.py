@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 
 from cmirl_ros.ros.localizer_node import READY_LOG, WAITING_LOG
 from cmirl_ros.ros.processes import start_localizer
@@ -145,11 +146,16 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
     assert "Traceback" not in process.log(), process.log()
 
 
-def test_plain_node_without_map_exits_with_a_clear_error(ros_workdir):
-    process = start_localizer({"model": "cmirl_lite", "map": str(ros_workdir / "missing_map"), "device": "cpu"}, ros_workdir)
-    try:
-        code = process.process.wait(timeout=120)
-    finally:
-        process.stop()
+def test_plain_node_without_map_exits_with_a_clear_error(ros_workdir, refused_start):
+    code, _, log = refused_start({"model": "cmirl_lite", "map": str(ros_workdir / "missing_map"), "device": "cpu"})
     assert code == 1
-    assert "configure failed" in process.log() and "missing_map" in process.log()
+    assert "configure failed" in log and "missing_map" in log
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"top_k": 0}, "parameter 'top_k' must be >= 1, got 0"),  # the option tree's checks
+    ({"verify": "sequence"}, "parameter 'verify' is 'sequence': sequence verification runs in `cmirl localize`"),
+])
+def test_plain_node_with_a_bad_parameter_exits_naming_it(ros_workdir, refused_start, params, message):
+    code, errors, log = refused_start({"model": "cmirl_lite", "map": str(ros_workdir / "map"), "device": "cpu", **params})
+    assert code == 1 and len(errors) == 1 and "configure failed" in errors[0] and message in errors[0], log
