@@ -215,11 +215,14 @@ def test_relocalization_refused_without_verification(lite_checkpoint, lite_map, 
 
 
 def test_relocalization_parameters_checked():
+    from cmirl_ros.options import check_parameters as check_options
+    from cmirl_ros.options import node_options
     from cmirl_ros.ros.relocalize import check_parameters
 
-    verified = {"relocalize_on_start": True, "verify": "registration", "relocalize_matches": 3}
+    defaults = {option.name: option.default for option in node_options()}
+    verified = {**defaults, "relocalize_on_start": True, "verify": "registration", "relocalize_matches": 3}
     check_parameters(verified)
     with pytest.raises(ValueError, match="'relocalize_matches' must be >= 1, got 0"):
-        check_parameters({**verified, "relocalize_matches": 0})
+        check_options({**verified, "relocalize_matches": 0})
     with pytest.raises(ValueError, match="'relocalize_on_start' needs verify: registration"):
         check_parameters({**verified, "verify": "none"})
