@@ -22,14 +22,14 @@ from typing import NoReturn
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Float64MultiArray, Header
+from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -83,6 +83,11 @@ PARAMETERS = {
     "verify_candidates": 5,
     "max_query_rate": 0.0,
     "map_frame": "map",
+    "session_map": False,
+    "keyframe_distance": 2.0,
+    "odom_frame": "odom",
+    "loop_closure_min_gap": 30.0,
+    "session_map_out": "",
     "publish_candidates": True,
     "publish_loop_closure": True,
     "publish_markers": True,
@@ -136,6 +141,7 @@ class Query:
     received: float  # time.monotonic() when the image arrived
     points: np.ndarray | None = None
     calib: Calibration | None = None  # the scan's projection into `rgb`
+    scan_frame: str = ""  # the scan's header frame
 
 
 class LocalizerNode(LifecycleNode):
@@ -146,6 +152,7 @@ class LocalizerNode(LifecycleNode):
         self.params: dict = {}
         self._localizer = None
         self._model = None
+        self._session = None  # SessionLoopClosures with session_map
         self._outputs: dict = {}
         self._inputs: list = []
         self._slot = LatestSlot()
@@ -173,6 +180,7 @@ class LocalizerNode(LifecycleNode):
         self._last_warning: dict[str, float] = {}
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         self.create_service(Trigger, "~/reload_map", self._on_reload_map)
+        self.create_service(Trigger, "~/save_map", self._on_save_map)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = None
 
@@ -236,6 +244,9 @@ class LocalizerNode(LifecycleNode):
         for publisher in self._outputs.values():
             self.destroy_publisher(publisher)
         self._outputs = {}
+        if self._session is not None:
+            self._session.destroy()
+            self._session = None
         self._localizer = self._model = None
 
     @property
@@ -268,6 +279,12 @@ class LocalizerNode(LifecycleNode):
         if params["verify"] != "none" and not params["use_scan"]:
             raise ValueError(f"verify '{params['verify']}' registers the live scan against the map's keyframe clouds: "
                              "it needs use_scan: true")
+        if params["session_map"] and params["verify"] != "registration":
+            raise ValueError("session_map verifies its loop closures by registering the live scans: it needs "
+                             "use_scan: true and verify: registration")
+        if params["keyframe_distance"] <= 0 or params["loop_closure_min_gap"] < 0:
+            raise ValueError(f"parameters 'keyframe_distance' ({params['keyframe_distance']}) must be > 0 and "
+                             f"'loop_closure_min_gap' ({params['loop_closure_min_gap']}) >= 0")
         if params["scan_timeout"] <= 0 or params["sync_queue_size"] < 1:
             raise ValueError(f"parameters 'scan_timeout' ({params['scan_timeout']}) must be > 0 and "
                              f"'sync_queue_size' ({params['sync_queue_size']}) >= 1")
@@ -296,6 +313,10 @@ class LocalizerNode(LifecycleNode):
             from cmirl_ros.ros.interfaces import tf_message_type
 
             tf_message_type()  # the generated tf2_msgs: fail at configure, with the reason, when not built
+        if p["session_map"]:
+            from cmirl_ros.ros.session import SessionLoopClosures
+
+            self._session = SessionLoopClosures(self, self._localizer, p)
         if self._verifying(p):
             return  # the throw-away query below has no scan to verify
         # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
@@ -308,9 +329,9 @@ class LocalizerNode(LifecycleNode):
         p = self.params
         self._outputs = {"match": self.create_publisher(PoseWithCovarianceStamped, "~/match", reliable)}
         if p["publish_candidates"]:
-            self._outputs["candidates"] = self.create_publisher(PoseArray, "~/candidates", reliable)
-        if p["publish_loop_closure"]:
-            self._outputs["loop_closure"] = self.create_publisher(Float64MultiArray, "~/loop_closure", reliable)
+            from cmirl_ros.ros.interfaces import candidates_type
+
+            self._outputs["candidates"] = self.create_publisher(candidates_type(), "~/candidates", reliable)
         if p["publish_markers"]:
             self._outputs["markers"] = self.create_publisher(MarkerArray, "~/markers", reliable)
             self._outputs["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
@@ -323,7 +344,8 @@ class LocalizerNode(LifecycleNode):
 
     @staticmethod
     def _tf_needed(params: dict) -> bool:
-        return bool(params["use_scan"]) and not params["calib_file"]
+        """tf for the calibration (use_scan without calib_file) or for the odometry of the session map."""
+        return (bool(params["use_scan"]) and not params["calib_file"]) or bool(params["session_map"])
 
     def _image_topic(self) -> str:
         topic = self.resolve_topic_name(self.params["image_topic"])
@@ -433,7 +455,7 @@ class LocalizerNode(LifecycleNode):
                 f"no calibration for the scan at {scan.stamp:.3f}: {self._last_calibration_error}; query dropped "
                 f"(so far: {self.counts['no_calibration']})", throttle_duration_sec=float(self.params["warn_throttle_s"]))
             return
-        self._slot.put(replace(query, points=points, calib=calib))
+        self._slot.put(replace(query, points=points, calib=calib, scan_frame=scan_frame))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:  # validity and distortion model checked here, once per distinct CameraInfo (cached)
@@ -507,6 +529,8 @@ class LocalizerNode(LifecycleNode):
             return
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=query.calib)
         self._count_fusion(result)
+        if self._session is not None and query.points is not None:  # whether or not the prior map matched
+            self._session.add(self._tf, query.stamp, query.points, query.calib, query.scan_frame)
         matches = list(result.matches)
         if not matches:  # with verification, the core dropped every unverified candidate
             self.counts["unverified" if verifying else "below_threshold"] += 1
@@ -516,7 +540,6 @@ class LocalizerNode(LifecycleNode):
         best = matches[0]
         self._publish("match", messages.match_msg(header, best, result.covariance))
         self._publish("candidates", messages.candidates_msg(header, matches))
-        self._publish("loop_closure", messages.loop_closure_msg(query.stamp, best.stamp, best.score))
         self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
         self._publish("debug_image", lambda: self._debug_image(query, best))
         now = self.get_clock().now().nanoseconds * 1e-9
@@ -587,6 +610,8 @@ class LocalizerNode(LifecycleNode):
             values["last_calibration_error"] = self._last_calibration_error
         if self._last_rejection:
             values["last_rejection"] = self._last_rejection
+        if self._session is not None:
+            values.update(self._session.diagnostics())
         return values
 
     def _tf_status(self) -> str:
@@ -645,6 +670,20 @@ class LocalizerNode(LifecycleNode):
         self._publish_keyframe_markers()
         response.success, response.message = True, f"loaded {path} ({len(self._localizer.mapdb)} keyframes)"
         self.get_logger().info(response.message)
+        return response
+
+
+    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self._session is None:
+            response.success, response.message = False, "no session map: the node runs with session_map false or is not configured"
+            return response
+        try:
+            response.message = self._session.save(self.get_parameter("session_map_out").value)
+            response.success = True
+            self.get_logger().info(response.message)
+        except Exception as e:  # a full disk or a bad path must not stop the node
+            response.success, response.message = False, f"save_map failed: {one_line(e)}"
+            self.get_logger().error(response.message)
         return response
 
 
