@@ -141,7 +141,8 @@ class Query:
     received: float  # time.monotonic() when the image arrived
     points: np.ndarray | None = None
     calib: Calibration | None = None  # the scan's projection into `rgb`
-    scan_frame: str = ""  # the scan's header frame
+    scan_frame: str = ""  # the scan's header frame and stamp
+    scan_stamp: float = 0.0
 
 
 class LocalizerNode(LifecycleNode):
@@ -455,7 +456,7 @@ class LocalizerNode(LifecycleNode):
                 f"no calibration for the scan at {scan.stamp:.3f}: {self._last_calibration_error}; query dropped "
                 f"(so far: {self.counts['no_calibration']})", throttle_duration_sec=float(self.params["warn_throttle_s"]))
             return
-        self._slot.put(replace(query, points=points, calib=calib, scan_frame=scan_frame))
+        self._slot.put(replace(query, points=points, calib=calib, scan_frame=scan_frame, scan_stamp=scan.stamp))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:  # validity and distortion model checked here, once per distinct CameraInfo (cached)
@@ -530,7 +531,8 @@ class LocalizerNode(LifecycleNode):
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=query.calib)
         self._count_fusion(result)
         if self._session is not None and query.points is not None:  # whether or not the prior map matched
-            self._session.add(self._tf, query.stamp, query.points, query.calib, query.scan_frame)
+            # The scan's stamp: a SLAM back end's keyframes are its scans.
+            self._session.add(self._tf, query.scan_stamp, query.points, query.calib, query.scan_frame)
         matches = list(result.matches)
         if not matches:  # with verification, the core dropped every unverified candidate
             self.counts["unverified" if verifying else "below_threshold"] += 1

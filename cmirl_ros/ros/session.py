@@ -32,7 +32,7 @@ class SessionLoopClosures:
                                candidates=int(params["verify_candidates"]), frame_id=params["odom_frame"])
         self.session = SessionMap(localizer.model, registration, config)
         self._lock = threading.Lock()  # the worker adds, the save_map service reads
-        self.counts = {"session_keyframes": 0, "loop_closures_published": 0, "loop_closures_rejected": 0,
+        self.counts = {"session_queries": 0, "session_keyframes": 0, "loop_closures_published": 0, "loop_closures_rejected": 0,
                        "no_odometry": 0}
         self.last_odometry_error = ""
         self._publishers = {}
@@ -50,6 +50,12 @@ class SessionLoopClosures:
 
     def add(self, tf, stamp: float, points, calib, scan_frame: str) -> None:
         """One localized image + scan query (worker thread)."""
+        try:
+            self._add(tf, stamp, points, calib, scan_frame)
+        finally:
+            self.counts["session_queries"] += 1  # taken, whatever became of it
+
+    def _add(self, tf, stamp: float, points, calib, scan_frame: str) -> None:
         p = self.params
         try:
             T_odom_base = tf.lookup(p["odom_frame"], p["base_frame"], stamp)
