@@ -3,7 +3,7 @@
 A simulated drive around the loop route (13 frames 4.9 s apart; the route revisits its start ~49 s
 later) is written with `cmirl bag from-kitti --odom-tf` (/tf odom -> base_link from the ground
 truth) and replayed into a node with `session_map: true`. A stand-in for LIO-SAM's subscriber
-(`lio_sam_consumer.py`, its own process) keeps the stamps of the scans it receives as its keyframe
+(`lio_sam_consumer.py`, its own process, on LIO-SAM's topic through the documented remapping) keeps the stamps of the scans it receives as its keyframe
 times and fails on any ~/loop_closure message LIO-SAM could not attach to two of them. Then
 `~/save_map` writes the session map, which loads as a prior map.
 """
@@ -29,6 +29,7 @@ from test_node_lifecycle import Client  # noqa: E402
 FRAMES = "200:790:49"  # 49 frames = the route's lap: frames 690, 739, 788 revisit 200, 249, 298 (~1 m off)
 MIN_GAP_S = 30.0
 NODE = "/localizer"
+LIO_SAM_TOPIC = "/lio_loop/loop_closure_detection"  # LIO-SAM subscribes to lio_loop/loop_closure_detection
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +91,13 @@ def replay(loop_drive, lite_checkpoint, tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("session_replay")
     consumer = RosProcess([sys.executable, str(Path(__file__).parent / "lio_sam_consumer.py"), str(workdir / "consumer.json"),
-                           "--loop", f"{NODE}/loop_closure", "--edge", f"{NODE}/loop_closure_edge",
+                           "--loop", LIO_SAM_TOPIC, "--edge", f"{NODE}/loop_closure_edge",
                            "--scans", "/lidar/points", "--min-gap", str(MIN_GAP_S)], workdir / "consumer.log")
     params = {"model": str(lite_checkpoint), "map": str(loop_drive["map"]), "device": "cpu", "num_threads": 2,
               "use_scan": True, "verify": "registration", "session_map": True, "loop_closure_min_gap": MIN_GAP_S,
               "publish_markers": False, "diagnostics_period": 0.5}
-    node = start_localizer(params, workdir)
+    # The remapping docs/ros.md gives for LIO-SAM.
+    node = start_localizer(params, workdir, ros_args=("-r", "localizer/loop_closure:=lio_loop/loop_closure_detection"))
     out = workdir / "session_map"
     answers = {}
     try:
@@ -106,7 +108,7 @@ def replay(loop_drive, lite_checkpoint, tmp_path_factory):
         client = Client(rclpy, client_node)
         try:
             answers["before"] = client.call(Trigger, f"{NODE}/save_map", Trigger.Request())
-            stats = play(client_node, loop_drive["bag"], rate=4.0, wait_for=["/camera/image", "/lidar/points"],
+            stats = play(client_node, loop_drive["bag"], rate=2.5, wait_for=["/camera/image", "/lidar/points"],
                          log=lambda _: None)
             wait_until_all_taken(client, stats.published["/lidar/points"])
             request = SetParameters.Request(parameters=[Parameter("session_map_out", value=str(out)).to_parameter_msg()])
