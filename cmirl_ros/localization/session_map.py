@@ -22,6 +22,7 @@ T_odom_cam, FAISS index, keyframe clouds; atomic), loadable as the next run's pr
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from cmirl_ros.geometry.clouds import voxel_downsample
 from cmirl_ros.geometry.registration import RegistrationConfig, Target, information_in, prepare_query, register
+from cmirl_ros.localization.stages.verify_registration import CACHED_TARGETS
 
 
 @dataclass
@@ -93,7 +95,7 @@ class SessionMap:
         self.T_cam_sensor: list[np.ndarray] = []
         self.descriptors: list[np.ndarray] = []
         self.clouds: list[np.ndarray] = []  # (n,3) float32, voxel-downsampled, sensor frame
-        self._targets: list[Target | None] = []  # prepared for registration on first use
+        self._targets: OrderedDict[int, Target] = OrderedDict()  # prepared for registration, most recent last
 
     def __len__(self) -> int:
         return len(self.stamps)
@@ -118,7 +120,6 @@ class SessionMap:
         self.T_cam_sensor.append(np.asarray(calib.T_cam_sensor, np.float64))
         self.descriptors.append(descriptor)
         self.clouds.append(voxel_downsample(points, self.registration.voxel_m))
-        self._targets.append(None)
         self._search(keyframe, points, update)
         self._index.add(descriptor[None])  # after the search: a keyframe never closes a loop with itself
         return update
@@ -158,9 +159,12 @@ class SessionMap:
                            result.rmse_m, result.accepted)
 
     def _target(self, keyframe: int) -> Target:
-        if self._targets[keyframe] is None:
-            self._targets[keyframe] = Target(self.clouds[keyframe], self.registration)
-        return self._targets[keyframe]
+        """The keyframe's cloud prepared for registration; the CACHED_TARGETS last used are kept."""
+        target = self._targets.pop(keyframe, None) or Target(self.clouds[keyframe], self.registration)
+        self._targets[keyframe] = target
+        while len(self._targets) > CACHED_TARGETS:
+            self._targets.popitem(last=False)
+        return target
 
     def database(self):
         """The session as a `MapDatabase` (keyframe poses = camera poses T_odom_cam, clouds included)."""
