@@ -8,10 +8,10 @@ the stamps of the scans it received. This consumer does the same, but strictly: 
 header stamps of every scan it receives as its keyframe times and records a FAILURE for any message
 that LIO-SAM would drop or could only attach to some other keyframe (wrong size, a stamp that is
 none of its scans', a pair closer than the gap or in the wrong order). It also keeps the
-~/loop_closure_edge messages and the localizer's last /diagnostics values.
+~/loop_closure_edge and ~/loop_closure_rejected messages and the localizer's last /diagnostics values.
 
-    python lio_sam_consumer.py OUT.json --loop TOPIC --edge TOPIC --scans TOPIC --min-gap S
-SIGINT writes OUT.json ({"pairs", "failures", "edges", "diagnostics", "scan_stamps"}) and exits.
+    python lio_sam_consumer.py OUT.json --loop TOPIC --edge TOPIC --rejected TOPIC --scans TOPIC --min-gap S
+SIGINT writes OUT.json ({"pairs", "failures", "edges", "rejected", "diagnostics", "scan_stamps"}) and exits.
 """
 from __future__ import annotations
 
@@ -62,13 +62,14 @@ def main(argv=None) -> int:
     parser.add_argument("out")
     parser.add_argument("--loop", required=True)
     parser.add_argument("--edge", required=True)
+    parser.add_argument("--rejected", required=True)
     parser.add_argument("--scans", required=True)
     parser.add_argument("--min-gap", type=float, required=True)
     args = parser.parse_args(argv)
     rclpy.init()
     node = rclpy.create_node("lio_sam_consumer")
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    record = {"pairs": [], "failures": [], "edges": [], "diagnostics": {}, "scan_stamps": []}
+    record = {"pairs": [], "failures": [], "edges": [], "rejected": [], "diagnostics": {}, "scan_stamps": []}
 
     def on_scan(raw):
         record["scan_stamps"].append(header_stamp(raw))
@@ -78,12 +79,11 @@ def main(argv=None) -> int:
         problem = check_pair(data, record["scan_stamps"], args.min_gap)
         (record["failures"] if problem else record["pairs"]).append({"data": data, "problem": problem} if problem else data)
 
-    def on_edge(msg):
-        record["edges"].append({"query_stamp": stamp_seconds(msg.query_stamp), "matched_stamp": stamp_seconds(msg.matched_stamp),
-                                "query_keyframe_id": msg.query_keyframe_id, "matched_keyframe_id": msg.matched_keyframe_id,
-                                "information": list(msg.information), "fitness": msg.fitness, "score": msg.score,
-                                "position": [msg.relative_pose.position.x, msg.relative_pose.position.y,
-                                             msg.relative_pose.position.z]})
+    def edge_fields(msg) -> dict:
+        return {"query_stamp": stamp_seconds(msg.query_stamp), "matched_stamp": stamp_seconds(msg.matched_stamp),
+                "query_keyframe_id": msg.query_keyframe_id, "matched_keyframe_id": msg.matched_keyframe_id,
+                "information": list(msg.information), "fitness": msg.fitness, "score": msg.score,
+                "position": [msg.relative_pose.position.x, msg.relative_pose.position.y, msg.relative_pose.position.z]}
 
     def on_diagnostics(msg):
         for status in msg.status:
@@ -92,7 +92,9 @@ def main(argv=None) -> int:
 
     node.create_subscription(PointCloud2, args.scans, on_scan, reliable, raw=True)
     node.create_subscription(Float64MultiArray, args.loop, on_loop, reliable)
-    node.create_subscription(loop_closure_type(), args.edge, on_edge, reliable)
+    node.create_subscription(loop_closure_type(), args.edge, lambda msg: record["edges"].append(edge_fields(msg)), reliable)
+    node.create_subscription(loop_closure_type(), args.rejected, lambda msg: record["rejected"].append(edge_fields(msg)),
+                             reliable)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     print(READY_LOG, flush=True)
     try:

@@ -91,7 +91,7 @@ def replay(loop_drive, lite_checkpoint, tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("session_replay")
     consumer = RosProcess([sys.executable, str(Path(__file__).parent / "lio_sam_consumer.py"), str(workdir / "consumer.json"),
-                           "--loop", LIO_SAM_TOPIC, "--edge", f"{NODE}/loop_closure_edge",
+                           "--loop", LIO_SAM_TOPIC, "--edge", f"{NODE}/loop_closure_edge", "--rejected", f"{NODE}/loop_closure_rejected",
                            "--scans", "/lidar/points", "--min-gap", str(MIN_GAP_S)], workdir / "consumer.log")
     params = {"model": str(lite_checkpoint), "map": str(loop_drive["map"]), "device": "cpu", "num_threads": 2,
               "use_scan": True, "verify": "registration", "session_map": True, "loop_closure_min_gap": MIN_GAP_S,
@@ -144,6 +144,8 @@ def test_verified_session_closures_pass_the_lio_sam_consumer(loop_drive, replay)
         assert abs(np.linalg.norm(edge["position"]) - np.linalg.norm(poses[0, :3, 3] - poses[1, :3, 3])) < 0.3
     diagnostics = record["diagnostics"]
     assert int(diagnostics["loop_closures_published"]) == len(record["pairs"])
+    assert int(diagnostics["loop_closures_rejected"]) == len(record["rejected"])
+    assert all(r["query_stamp"] - r["matched_stamp"] >= MIN_GAP_S for r in record["rejected"])
     assert int(diagnostics["session_keyframes"]) >= 4 and int(diagnostics["no_odometry"]) == 0
 
 
@@ -161,3 +163,32 @@ def test_save_map_writes_a_prior_map(loop_drive, replay, capsys):
     capsys.readouterr()
     assert cmirl(["map", "info", str(replay["out"])]) == 0
     assert json.loads(capsys.readouterr().out)["keyframes"] == len(mapdb)
+
+
+def test_query_without_odometry_is_counted_and_skipped(loop_drive, lite_model):
+    """No odom -> base_link in tf at the scan's stamp: the query is not added, counted, and the
+    reason (the frames tf knows) shows in the diagnostics values."""
+    from types import SimpleNamespace
+
+    import rclpy
+
+    from cmirl_ros.geometry.tf_tree import TfTree
+    from cmirl_ros.localization import LocalizerConfig
+    from cmirl_ros.ros.localizer_node import PARAMETERS
+    from cmirl_ros.ros.session import SessionLoopClosures
+
+    frame = loop_drive["sequence"][0]
+    tree = TfTree()
+    tree.set_matrix("base_link", "velodyne", np.eye(4))  # static (no stamp)
+    localizer = SimpleNamespace(model=lite_model, config=LocalizerConfig(), mapdb=SimpleNamespace(clouds=SimpleNamespace(voxel_m=1.0)))
+    rclpy.init()
+    try:
+        node = rclpy.create_node("session_odometry_test")
+        session = SessionLoopClosures(node, localizer, {**PARAMETERS, "session_map": True})
+        session.add(tree, frame.stamp, frame.points, frame.calib, "velodyne")
+        values = session.diagnostics()
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    assert values["no_odometry"] == 1 and values["session_keyframes"] == 0 and values["session_queries"] == 1
+    assert "odom" in values["last_odometry_error"], values
