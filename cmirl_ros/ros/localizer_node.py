@@ -674,10 +674,10 @@ class LocalizerNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
-
     def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self._session is None:
-            response.success, response.message = False, "no session map: the node runs with session_map false or is not configured"
+            response.success = False
+            response.message = "no session map: the node runs with session_map false or is not configured"
             return response
         try:
             response.message = self._session.save(self.get_parameter("session_map_out").value)
