@@ -314,6 +314,10 @@ class LocalizerNode(LifecycleNode):
             from cmirl_ros.ros.interfaces import tf_message_type
 
             tf_message_type()  # the generated tf2_msgs: fail at configure, with the reason, when not built
+        if p["publish_candidates"]:
+            from cmirl_ros.ros.interfaces import candidates_type
+
+            candidates_type()  # the generated cmirl_ros_interfaces, likewise
         if p["session_map"]:
             from cmirl_ros.ros.session import SessionLoopClosures
 
