@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="bag to write: a rosbag2 directory (OUT.mcap names the directory OUT holding OUT.mcap)")
     convert.add_argument("--compressed", action="store_true",
                          help="images as jpeg sensor_msgs/CompressedImage on <image topic>/compressed instead of raw Image")
+    convert.add_argument("--odom-tf", action="store_true",
+                         help="also /tf odom -> base_link from the ground truth (odometry for the node's session_map)")
     convert.set_defaults(bag_run=_run_from_kitti)
 
     play = sub.add_parser("play", help="replay a bag into the live ROS 2 graph")
@@ -58,7 +60,7 @@ def _run_from_kitti(args) -> int:
 
     dataset = KittiSequence(args.root, args.seq, parse_frames(args.frames))
     try:
-        out = write_bag_from_dataset(dataset, args.out, compressed=args.compressed)
+        out = write_bag_from_dataset(dataset, args.out, compressed=args.compressed, odometry_tf=args.odom_tf)
     except InterfacesNotBuilt as e:  # /tf_static needs the generated tf2_msgs: a setup step, not bad input
         print(f"cmirl bag from-kitti: error: {e}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 Starts a recorder process and the localizer node process, replays the bag into the graph, then
 scores what the node published: answered fraction, latency, loop-closure precision / recall of its
-top-1 matches over their published score (`loop_closure`), and Recall@1 / Recall@1% under both
+top-1 candidates over their published score (`~/candidates`), and Recall@1 / Recall@1% under both
 protocols (paper: every keyframe counts; revisit: keyframes within `exclude_seconds` of the query
 are hidden and only queries that truly revisit a mapped place count). The node runs without its
 own exclusion and publishes the whole ranked map as candidates, so one replay gives both.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmirl_ros.datasets.bag import BagSequence, typestore
+from cmirl_ros.datasets.bag import BagSequence
 from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
 from cmirl_ros.ros.processes import start_localizer, start_recorder
 from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
@@ -51,8 +51,9 @@ class Recorded:
 
     stamps: np.ndarray  # (Q,) query stamps (s)
     frame_ids: list[str]
-    candidates: list[np.ndarray]  # per query: (k, 3) candidate positions, best first
-    loop_closures: np.ndarray  # (L, 3): query stamp, matched keyframe stamp, score
+    candidates: list[np.ndarray]  # per query: (k,) candidate keyframe ids, best first
+    scores: list[np.ndarray]  # per query: (k,) their scores
+    loop_closures: np.ndarray  # (L, 2): query stamp, matched keyframe stamp (session-map closures)
     receive_times: np.ndarray  # (Q,) wall time the match arrived at the recorder (s)
     diagnostics: list[dict]
 
@@ -60,7 +61,9 @@ class Recorded:
 def read_recording(path: Path) -> Recorded:
     from rosbags.rosbag2 import Reader
 
-    store = typestore()
+    from cmirl_ros.ros.interfaces import interfaces_typestore
+
+    store = interfaces_typestore()
     matches, candidates, loops, diagnostics = {}, {}, [], []
     with Reader(path) as reader:
         for connection, bag_time, raw in reader.messages():
@@ -70,18 +73,19 @@ def read_recording(path: Path) -> Recorded:
                 matches[key] = (key[0] + key[1] * 1e-9, msg.header.frame_id, bag_time * 1e-9)
             elif connection.topic == OUTPUTS["candidates"]:
                 key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-                candidates[key] = np.array([[p.position.x, p.position.y, p.position.z] for p in msg.poses])
+                candidates[key] = (np.asarray(msg.keyframe_ids, np.int64), np.asarray(msg.scores, np.float64))
             elif connection.topic == OUTPUTS["loop_closure"]:
                 loops.append(np.asarray(msg.data, dtype=np.float64))
             elif connection.topic == OUTPUTS["diagnostics"]:
                 for status in msg.status:
                     diagnostics.append({kv.key: kv.value for kv in status.values})
     keys = sorted(k for k in matches if k in candidates)
-    loop_closures = np.array(loops).reshape(len(loops), -1) if loops else np.zeros((0, 3))
+    loop_closures = np.array(loops).reshape(len(loops), -1) if loops else np.zeros((0, 2))
     return Recorded(
         stamps=np.array([matches[k][0] for k in keys]),
         frame_ids=[matches[k][1] for k in keys],
-        candidates=[candidates[k] for k in keys],
+        candidates=[candidates[k][0] for k in keys],
+        scores=[candidates[k][1] for k in keys],
         loop_closures=loop_closures,
         receive_times=np.array([matches[k][2] for k in keys]),
         diagnostics=diagnostics,
@@ -103,19 +107,9 @@ def nearest_stamps(stamps: np.ndarray, reference: np.ndarray, tolerance: float =
     return np.where(found, order[best], -1)
 
 
-def candidate_ids(candidates: np.ndarray, keyframe_positions: np.ndarray) -> np.ndarray:
-    """Map published candidate positions back to keyframe ids (they are copies of keyframe positions)."""
-    d = np.linalg.norm(candidates[:, None, :] - keyframe_positions[None, :, :], axis=2)
-    return d.argmin(axis=1)
-
-
 def top1_scores(recorded: Recorded) -> np.ndarray:
-    """(Q,) the score the node published with each answered query's loop closure (NaN where none)."""
-    scores = np.full(len(recorded.stamps), np.nan)
-    if recorded.loop_closures.shape[1] >= 3:
-        found = nearest_stamps(recorded.stamps, recorded.loop_closures[:, 0])
-        scores[found >= 0] = recorded.loop_closures[found[found >= 0], 2]
-    return scores
+    """(Q,) the score of each answered query's best candidate (NaN where it published none)."""
+    return np.array([s[0] if len(s) else np.nan for s in recorded.scores], dtype=np.float64)
 
 
 def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_seconds: float) -> dict:
@@ -132,7 +126,7 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     map_poses[:, :3, 3] = positions
     query_poses = bag.poses[frames]
     correct = place_distances(query_poses, map_poses, bag.ground_axes) < radius
-    rankings = [candidate_ids(recorded.candidates[i], positions) for i in known]
+    rankings = [recorded.candidates[i] for i in known]
     excluded = time_exclusion(recorded.stamps[known], mapdb.keyframes.stamps, exclude_seconds)
     k_pct = top1_percent_k(len(mapdb))
     top1 = np.array([r[0] for r in rankings], dtype=np.int64)

@@ -96,6 +96,32 @@ def loop_closure_type():
     return LoopClosure
 
 
+def candidates_type():
+    """cmirl_ros_interfaces/msg/Candidates."""
+    ensure_interfaces()
+    from cmirl_ros_interfaces.msg import Candidates
+
+    return Candidates
+
+
+def interfaces_typestore():
+    """rosbags' typestore with the messages of cmirl_ros_interfaces registered from the built
+    package's .msg files, so that a recorder can store them and a bag reader decode them."""
+    from rosbags.typesys import get_types_from_msg
+
+    from cmirl_ros.datasets.bag import typestore
+
+    store = typestore()
+    for prefix in _prefixes():
+        definitions = sorted((prefix / "share" / "cmirl_ros_interfaces" / "msg").glob("*.msg"))
+        if definitions:
+            for path in definitions:
+                store.register(get_types_from_msg(path.read_text(), f"cmirl_ros_interfaces/msg/{path.stem}"))
+            return store
+    raise InterfacesNotBuilt(f"no cmirl_ros_interfaces message definitions under {', '.join(map(str, _prefixes()))}: "
+                             "run `make interfaces`")
+
+
 INTERFACE_INDEX = Path("share") / "ament_index" / "resource_index" / "rosidl_interfaces"
 
 

@@ -22,7 +22,7 @@ from typing import NoReturn
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
@@ -30,7 +30,7 @@ from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Float64MultiArray, Header
+from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -103,6 +103,8 @@ class Query:
     received: float  # time.monotonic() when the image arrived
     points: np.ndarray | None = None
     calib: Calibration | None = None  # the scan's projection into `rgb`
+    scan_frame: str = ""  # the scan's header frame and stamp
+    scan_stamp: float = 0.0
 
 
 class LocalizerNode(LifecycleNode):
@@ -114,6 +116,7 @@ class LocalizerNode(LifecycleNode):
         self.params: dict = {}
         self._localizer = None
         self._model = None
+        self._session = None  # SessionLoopClosures with session_map
         self._outputs: dict = {}
         self._inputs: list = []
         self._slot = LatestSlot()
@@ -142,6 +145,7 @@ class LocalizerNode(LifecycleNode):
         self.create_service(SetBool, "~/set_enabled", self._on_set_enabled)
         self.create_service(Trigger, "~/reload_map", self._on_reload_map)
         self._relocalizer = Relocalizer(self)
+        self.create_service(Trigger, "~/save_map", self._on_save_map)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = None
 
@@ -208,6 +212,9 @@ class LocalizerNode(LifecycleNode):
             self.destroy_publisher(publisher)
         self._outputs = {}
         self._relocalizer.release()
+        if self._session is not None:
+            self._session.destroy()
+            self._session = None
         self._localizer = self._model = None
 
     @property
@@ -239,6 +246,9 @@ class LocalizerNode(LifecycleNode):
             raise ValueError(f"verify '{params['verify']}' registers the live scan against the map's keyframe clouds: "
                              "it needs use_scan: true")
         check_relocalization(params)
+        if params["session_map"] and params["verify"] != "registration":
+            raise ValueError("session_map verifies its loop closures by registering the live scans: it needs "
+                             "use_scan: true and verify: registration")
         return params
 
     def _load(self) -> None:
@@ -260,6 +270,14 @@ class LocalizerNode(LifecycleNode):
             from cmirl_ros.ros.interfaces import tf_message_type
 
             tf_message_type()  # the generated tf2_msgs: fail at configure, with the reason, when not built
+        if p["publish_candidates"]:
+            from cmirl_ros.ros.interfaces import candidates_type
+
+            candidates_type()  # the generated cmirl_ros_interfaces, likewise
+        if p["session_map"]:
+            from cmirl_ros.ros.session import SessionLoopClosures
+
+            self._session = SessionLoopClosures(self, self._localizer, p)
         if self._verifying(p):
             return  # the throw-away query below has no scan to verify
         # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
@@ -272,9 +290,9 @@ class LocalizerNode(LifecycleNode):
         p = self.params
         self._outputs = {"match": self.create_publisher(PoseWithCovarianceStamped, "~/match", reliable)}
         if p["publish_candidates"]:
-            self._outputs["candidates"] = self.create_publisher(PoseArray, "~/candidates", reliable)
-        if p["publish_loop_closure"]:
-            self._outputs["loop_closure"] = self.create_publisher(Float64MultiArray, "~/loop_closure", reliable)
+            from cmirl_ros.ros.interfaces import candidates_type
+
+            self._outputs["candidates"] = self.create_publisher(candidates_type(), "~/candidates", reliable)
         if p["publish_markers"]:
             self._outputs["markers"] = self.create_publisher(MarkerArray, "~/markers", reliable)
             self._outputs["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
@@ -287,7 +305,9 @@ class LocalizerNode(LifecycleNode):
 
     @staticmethod
     def _tf_needed(params: dict) -> bool:
-        return (bool(params["use_scan"]) and not params["calib_file"]) or bool(params["publish_map_odom_tf"])
+        """tf for the calibration (use_scan without calib_file), the session map's odometry or map -> odom."""
+        return ((bool(params["use_scan"]) and not params["calib_file"]) or bool(params["session_map"])
+                or bool(params["publish_map_odom_tf"]))
 
     def _image_topic(self) -> str:
         topic = self.resolve_topic_name(self.params["image_topic"])
@@ -397,7 +417,7 @@ class LocalizerNode(LifecycleNode):
                 f"no calibration for the scan at {scan.stamp:.3f}: {self._last_calibration_error}; query dropped "
                 f"(so far: {self.counts['no_calibration']})", throttle_duration_sec=float(self.params["warn_throttle_s"]))
             return
-        self._slot.put(replace(query, points=points, calib=calib))
+        self._slot.put(replace(query, points=points, calib=calib, scan_frame=scan_frame, scan_stamp=scan.stamp))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:  # validity and distortion model checked here, once per distinct CameraInfo (cached)
@@ -471,6 +491,9 @@ class LocalizerNode(LifecycleNode):
             return
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=query.calib)
         self._count_fusion(result)
+        if self._session is not None and query.points is not None:  # whether or not the prior map matched
+            # The scan's stamp: a SLAM back end's keyframes are its scans.
+            self._session.add(self._tf, query.scan_stamp, query.points, query.calib, query.scan_frame)
         matches = list(result.matches)
         if not matches:  # with verification, the core dropped every unverified candidate
             self.counts["unverified" if verifying else "below_threshold"] += 1
@@ -482,7 +505,6 @@ class LocalizerNode(LifecycleNode):
         self._publish("match", match)
         self._relocalizer.offer(match, verifying, self._tf)
         self._publish("candidates", messages.candidates_msg(header, matches))
-        self._publish("loop_closure", messages.loop_closure_msg(query.stamp, best.stamp, best.score))
         self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
         self._publish("debug_image", lambda: self._debug_image(query, best))
         now = self.get_clock().now().nanoseconds * 1e-9
@@ -554,6 +576,8 @@ class LocalizerNode(LifecycleNode):
             values["last_calibration_error"] = self._last_calibration_error
         if self._last_rejection:
             values["last_rejection"] = self._last_rejection
+        if self._session is not None:
+            values.update(self._session.diagnostics())
         return values
 
     def _tf_status(self) -> str:
@@ -612,6 +636,20 @@ class LocalizerNode(LifecycleNode):
         self._publish_keyframe_markers()
         response.success, response.message = True, f"loaded {path} ({len(self._localizer.mapdb)} keyframes)"
         self.get_logger().info(response.message)
+        return response
+
+    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self._session is None:
+            response.success = False
+            response.message = "no session map: the node runs with session_map false or is not configured"
+            return response
+        try:
+            response.message = self._session.save(self.get_parameter("session_map_out").value)
+            response.success = True
+            self.get_logger().info(response.message)
+        except Exception as e:  # a full disk or a bad path must not stop the node
+            response.success, response.message = False, f"save_map failed: {one_line(e)}"
+            self.get_logger().error(response.message)
         return response
 
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovarianceStamped
+from geometry_msgs.msg import Point, Pose, PoseWithCovarianceStamped
 from std_msgs.msg import ColorRGBA, Float64MultiArray, Header, MultiArrayDimension
 from visualization_msgs.msg import Marker, MarkerArray
-
 
 
 def pose_from_matrix(T: np.ndarray) -> Pose:
@@ -29,19 +28,43 @@ def match_msg(header: Header, match, covariance: np.ndarray) -> PoseWithCovarian
     return msg
 
 
-def candidates_msg(header: Header, matches) -> PoseArray:
-    msg = PoseArray()
+def candidates_msg(header: Header, matches):
+    """cmirl_ros_interfaces/Candidates: the ranked prior-map keyframes (ids, stamps, scores, poses)."""
+    from cmirl_ros.ros.interfaces import candidates_type
+
+    msg = candidates_type()()
     msg.header = header
+    msg.keyframe_ids = [int(m.keyframe_id) for m in matches]
+    msg.keyframe_stamps = [float(m.stamp) for m in matches]
+    msg.scores = [float(m.score) for m in matches]
     msg.poses = [pose_from_matrix(m.T_world_cam) for m in matches]
     return msg
 
 
-def loop_closure_msg(query_stamp: float, match_stamp: float, score: float) -> Float64MultiArray:
-    """[query stamp, matched keyframe stamp, score]: the LIO-SAM loop-closure convention (two stamps in
-    seconds) plus the match's score (cosine similarity), so that a consumer or `bag eval` can threshold it."""
+def loop_closure_msg(query_stamp: float, matched_stamp: float) -> Float64MultiArray:
+    """[query stamp, matched keyframe stamp] in seconds: LIO-SAM's lio_loop/loop_closure_detection
+    (it drops any message whose data does not hold exactly these two values)."""
     msg = Float64MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label="query_stamp,match_stamp,score", size=3, stride=3)]
-    msg.data = [float(query_stamp), float(match_stamp), float(score)]
+    msg.layout.dim = [MultiArrayDimension(label="query_stamp,matched_stamp", size=2, stride=2)]
+    msg.data = [float(query_stamp), float(matched_stamp)]
+    return msg
+
+
+def loop_closure_edge_msg(header: Header, closure):
+    """cmirl_ros_interfaces/LoopClosure of a session-map pair (`localization.session_map.LoopClosure`)."""
+    from cmirl_ros.ros.conversions import seconds_to_stamp
+    from cmirl_ros.ros.interfaces import loop_closure_type
+
+    msg = loop_closure_type()()
+    msg.header = header
+    msg.query_stamp = seconds_to_stamp(closure.query_stamp)
+    msg.matched_stamp = seconds_to_stamp(closure.matched_stamp)
+    msg.query_keyframe_id = int(closure.query_keyframe_id)
+    msg.matched_keyframe_id = int(closure.matched_keyframe_id)
+    msg.relative_pose = pose_from_matrix(closure.T_matched_query)
+    msg.information = np.asarray(closure.information, dtype=np.float64).reshape(36).tolist()
+    msg.score = float(closure.score)
+    msg.fitness = float(closure.fitness)
     return msg
 
 

@@ -53,10 +53,11 @@ class RosProcess:
         return self.process.returncode
 
 
-def start_localizer(params: dict, workdir: Path, env: dict | None = None) -> RosProcess:
+def start_localizer(params: dict, workdir: Path, env: dict | None = None, ros_args: tuple[str, ...] = ()) -> RosProcess:
+    """`ros_args`: more --ros-args, e.g. remappings ("-r", "from:=to")."""
     params_file = write_params_file(workdir / "localizer_params.yaml", params)
-    return RosProcess([sys.executable, "-m", "cmirl_ros.ros.localizer_node", "--ros-args", "--params-file", str(params_file)],
-                      workdir / "localizer.log", env)
+    return RosProcess([sys.executable, "-m", "cmirl_ros.ros.localizer_node", "--ros-args", "--params-file", str(params_file),
+                       *ros_args], workdir / "localizer.log", env)
 
 
 def start_recorder(out: Path, topics: list[str], workdir: Path, env: dict | None = None) -> RosProcess:

@@ -20,8 +20,7 @@ from cmirl_ros.ros.processes import RosProcess, start_localizer, start_recorder
 
 EXPECTED_TYPES = {
     OUTPUTS["match"]: "geometry_msgs/msg/PoseWithCovarianceStamped",
-    OUTPUTS["candidates"]: "geometry_msgs/msg/PoseArray",
-    OUTPUTS["loop_closure"]: "std_msgs/msg/Float64MultiArray",
+    OUTPUTS["candidates"]: "cmirl_ros_interfaces/msg/Candidates",
     OUTPUTS["diagnostics"]: "diagnostic_msgs/msg/DiagnosticArray",
 }
 TOP_K = 8  # compared as a ranking: with an untrained model the best match alone is often the same keyframe
@@ -57,7 +56,7 @@ def recorded_types(recording: Path) -> dict:
 
 
 def offline_rankings(dataset, model, map_dir, frames, use_scan: bool) -> np.ndarray:
-    """(Q, TOP_K, 3) positions of the offline localizer's ranked matches for the same frames."""
+    """(Q, TOP_K) keyframe ids of the offline localizer's ranked matches for the same frames."""
     from cmirl_ros.localization import Localizer, LocalizerConfig
     from cmirl_ros.mapdb import MapDatabase
 
@@ -67,7 +66,7 @@ def offline_rankings(dataset, model, map_dir, frames, use_scan: bool) -> np.ndar
         frame = dataset[i]
         points = frame.points if use_scan else None
         result = localizer.localize(frame.image, points=points, stamp=frame.stamp, calib=frame.calib if use_scan else None)
-        rankings.append([m.T_world_cam[:3, 3] for m in result.matches])
+        rankings.append([m.keyframe_id for m in result.matches])
     return np.array(rankings)
 
 
@@ -79,20 +78,18 @@ def check_outputs(recording: Path, dataset, model, map_dir, use_scan: bool, min_
     answered = len(recorded.stamps) / len(dataset)
     assert answered >= min_answered, f"only {answered:.0%} of {len(dataset)} queries answered"
     assert set(recorded.frame_ids) == {"map"}
-    # Every output carries the stamp of its query, and the loop closure pairs it with a keyframe stamp.
+    # Every output carries the stamp of its query; candidates are ranked keyframe ids with their scores.
     frames = nearest_stamps(recorded.stamps, dataset.stamps)
     assert (frames >= 0).all(), "a match carries a stamp that no query had"
     keyframe_stamps = MapDatabase.load(map_dir).keyframes.stamps
-    assert len(recorded.loop_closures) == len(recorded.stamps)
-    np.testing.assert_allclose(np.sort(recorded.loop_closures[:, 0]), recorded.stamps, atol=1e-6)
-    assert all(np.isclose(keyframe_stamps, s, atol=1e-6).any() for s in recorded.loop_closures[:, 1])
     assert all(len(c) == TOP_K for c in recorded.candidates)
+    assert all((np.diff(s) <= 1e-9).all() for s in recorded.scores), "candidates must be ranked best first"
     # The node's ranking is the offline localizer's ranking of the same frame.
     expected = offline_rankings(dataset, model, map_dir, frames, use_scan)
     published = np.array(recorded.candidates)
-    distinct = len(np.unique(published.round(3).reshape(len(published), -1), axis=0))
+    distinct = len(np.unique(published, axis=0))
     assert distinct >= 3, f"only {distinct} distinct rankings: the comparison below would be trivial"
-    same = (np.linalg.norm(published - expected, axis=2) < 1e-3).all(axis=1)
+    same = (published == expected).all(axis=1)
     assert same.mean() >= 0.95, f"node and offline localizer disagree on {np.count_nonzero(~same)} of {len(same)} queries"
     diagnostics = recorded.diagnostics[-1]
     assert int(diagnostics["rejected"]) == 0 and int(diagnostics["errors"]) == 0

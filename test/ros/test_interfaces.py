@@ -311,3 +311,23 @@ def test_helper_names_the_missing_build(tmp_path):
 
 if __name__ == "__main__":
     {"publish": publish, "subscribe": subscribe}[sys.argv[1]]()
+
+
+def test_candidates_message_reads_back_with_the_bag_typestore(interfaces):
+    """~/candidates as the node builds it (ids, stamps, scores, poses of the ranked keyframes), read by
+    rosbags through `interfaces_typestore` (what the recorder and `cmirl bag eval` use)."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from cmirl_ros.localization.localizer import Match
+    from cmirl_ros.ros.interfaces import interfaces_typestore
+    from cmirl_ros.ros.messages import candidates_msg
+
+    poses = np.repeat(np.eye(4)[None], 2, axis=0)
+    poses[:, :3, 3] = [[1.0, 2.0, 3.0], [-4.0, 5.0, 0.5]]
+    matches = [Match(7, 12.25, poses[0], 0.9, "s", "7", "map"), Match(3, 4.5, poses[1], 0.4, "s", "3", "map")]
+    raw = serialize_message(candidates_msg(Header(frame_id="map"), matches))
+    msg = interfaces_typestore().deserialize_cdr(raw, "cmirl_ros_interfaces/msg/Candidates")
+    assert msg.header.frame_id == "map" and list(msg.keyframe_ids) == [7, 3]
+    assert list(msg.keyframe_stamps) == [12.25, 4.5] and list(msg.scores) == pytest.approx([0.9, 0.4])
+    assert [[p.position.x, p.position.y, p.position.z] for p in msg.poses] == poses[:, :3, 3].tolist()
