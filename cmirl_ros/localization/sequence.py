@@ -12,10 +12,21 @@ last `length` queries agree with the motion between those queries, step by step:
   apart (a plausibility bound).
 A query without a match, or a pause longer than `max_gap_s`, starts a new sequence.
 
-`SequenceVerifier` is pure state + arithmetic (no ROS, no model). How a verify stage wraps it: keep
-one verifier per query stream, call `update(stamp, position of the top candidate's keyframe,
-odometry position or None)` for every query in stamp order, and drop all candidates (no match)
-when it returns False. `verify_sequence` does the same for a whole recorded sequence.
+With odometry *poses* (position and heading), `PathVerifier` checks more than distances, and looks
+beyond the top-1: each of the query's top `candidates` keyframes is a hypothesis "the query stands
+at this keyframe"; it places the odometry's relative motion of the last `length` queries in the
+map from there (T_kf @ inv(T_odom_now) @ T_odom_then), and each earlier query must have one of its
+own top candidates within `tolerance_m` of its predicted position and `tolerance_deg` of its
+predicted heading. The hypothesis's path score is the mean descriptor score along that path (the
+best supporting candidate of each query); the best consistent hypothesis is the match, accepted
+when its path score reaches `min_score` and the window covers `min_travel_m`. A wrong place must
+then repeat the query's whole turn-by-turn motion among the look-alikes of every step, not only
+their spacing.
+
+`SequenceVerifier` and `PathVerifier` are pure state + arithmetic (no ROS, no model). How a verify
+stage wraps them: keep one verifier per query stream, call `update` for every query in stamp order,
+and drop all candidates (no match) when it rejects. `verify_sequence` / `verify_paths` do the same
+for a whole recorded sequence.
 """
 from __future__ import annotations
 
@@ -34,11 +45,17 @@ class SequenceConfig:
     max_speed: float = 30.0  # m/s, stamps only: how far apart consecutive matches may be per second
     max_gap_s: float = 5.0  # a longer pause between queries starts a new sequence
     min_travel_m: float = 0.0  # with odometry: the window must cover at least this much travel
+    # PathVerifier (odometry poses) only:
+    candidates: int = 1  # K: each query's top-K keyframes are hypotheses / path supports
+    tolerance_deg: float = 180.0  # predicted vs keyframe heading (180: position only)
+    min_score: float = -1.0  # accept a path whose mean descriptor score reaches this (cosine, -1: any)
 
     def __post_init__(self):
         if self.length < 1:
             raise ValueError(f"sequence length must be >= 1, got {self.length}")
-        for name in ("tolerance_m", "max_speed", "max_gap_s", "min_travel_m"):
+        if self.candidates < 1:
+            raise ValueError(f"sequence candidates must be >= 1, got {self.candidates}")
+        for name in ("tolerance_m", "max_speed", "max_gap_s", "min_travel_m", "tolerance_deg"):
             if getattr(self, name) < 0:
                 raise ValueError(f"sequence {name} must be >= 0, got {getattr(self, name)}")
 
@@ -124,6 +141,89 @@ def verify_sequence(stamps: np.ndarray, match_positions: np.ndarray, has_match: 
     ], dtype=bool)
 
 
+@dataclass
+class _Query:
+    stamp: float
+    odometry: np.ndarray  # (4,4) odometry pose (any fixed frame: only relative motion is used)
+    poses: np.ndarray  # (K,4,4) candidate keyframe poses, best first
+    scores: np.ndarray  # (K,) their descriptor scores
+
+
+class PathVerifier:
+    """Online, with odometry poses: feed every query's top candidates in stamp order; `update` returns
+    the index of the candidate a consistent path confirms (or None) and that path's score (module doc).
+    Poses are camera poses (view direction = z axis); `axes`: the ground axes positions are compared on."""
+
+    def __init__(self, config: SequenceConfig | None = None, axes: tuple[int, ...] | None = None):
+        self.config = config or SequenceConfig()
+        self.axes = list(axes) if axes is not None else [0, 1, 2]
+        self._window: deque[_Query] = deque(maxlen=self.config.length)
+
+    def reset(self) -> None:
+        self._window.clear()
+
+    def update(self, stamp: float, candidate_poses: np.ndarray, candidate_scores: np.ndarray,
+               odometry_pose: np.ndarray) -> tuple[int | None, float]:
+        """Add one query: its candidates' keyframe poses (K,4,4) and scores (K,), best first (K = 0 or
+        non-finite scores: no candidate), and its odometry pose (4,4). Returns (index of the confirmed
+        candidate or None, score of the best consistent path or -inf when there is none)."""
+        k = self.config.candidates
+        poses = np.asarray(candidate_poses, np.float64).reshape(-1, 4, 4)[:k]
+        scores = np.asarray(candidate_scores, np.float64).reshape(-1)[:k]
+        valid = np.isfinite(scores)
+        if not valid.any():
+            self.reset()
+            return None, -np.inf
+        if self._window and stamp - self._window[-1].stamp > self.config.max_gap_s:
+            self.reset()
+        self._window.append(_Query(float(stamp), np.asarray(odometry_pose, np.float64), poses[valid], scores[valid]))
+        if len(self._window) < self.config.length or not self._travelled_enough():
+            return None, -np.inf
+        path_scores = [self._path_score(pose, score) for pose, score in zip(poses[valid], scores[valid])]
+        best = int(np.argmax(path_scores))
+        if not np.isfinite(path_scores[best]):
+            return None, -np.inf
+        confirmed = path_scores[best] >= self.config.min_score
+        return (int(np.flatnonzero(valid)[best]) if confirmed else None), float(path_scores[best])
+
+    def _path_score(self, keyframe_pose: np.ndarray, score: float) -> float:
+        """Mean descriptor score along the path that puts the newest query at `keyframe_pose`; -inf when
+        an earlier query has no candidate where the odometry places it."""
+        from cmirl_ros.geometry.poses import view_angles_deg
+
+        odometry_to_map = keyframe_pose @ np.linalg.inv(self._window[-1].odometry)
+        total = score
+        for query in list(self._window)[:-1]:
+            predicted = odometry_to_map @ query.odometry
+            offsets = np.linalg.norm(query.poses[:, self.axes, 3] - predicted[self.axes, 3], axis=1)
+            turns = view_angles_deg(predicted[None], query.poses)[0]
+            support = (offsets <= self.config.tolerance_m) & (turns <= self.config.tolerance_deg)
+            if not support.any():
+                return -np.inf
+            total += float(query.scores[support].max())
+        return total / len(self._window)
+
+    def _travelled_enough(self) -> bool:
+        positions = np.array([q.odometry[self.axes, 3] for q in self._window])
+        return float(np.linalg.norm(np.diff(positions, axis=0), axis=1).sum()) >= self.config.min_travel_m
+
+
+def verify_paths(stamps: np.ndarray, candidate_poses: np.ndarray, candidate_scores: np.ndarray,
+                 odometry_poses: np.ndarray, config: SequenceConfig | None = None,
+                 axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`PathVerifier` over Q queries in stamp order: candidate_poses (Q,K,4,4), candidate_scores (Q,K)
+    (non-finite: no candidate), odometry_poses (Q,4,4). Returns the confirmed candidate's index per query
+    (-1: none) and the best consistent path's score (-inf: none)."""
+    stamps = np.asarray(stamps, np.float64)
+    if np.any(np.diff(stamps) < 0):
+        raise ValueError("sequence verification needs the queries in stamp order")
+    verifier = PathVerifier(config, axes)
+    results = [verifier.update(stamps[i], candidate_poses[i], candidate_scores[i], odometry_poses[i])
+               for i in range(len(stamps))]
+    chosen = np.array([-1 if index is None else index for index, _ in results], dtype=np.int64)
+    return chosen, np.array([score for _, score in results], dtype=np.float64)
+
+
 def add_sequence_arguments(parser) -> None:
     """The settings of `--verify sequence`."""
     d = SequenceConfig()
@@ -136,10 +236,18 @@ def add_sequence_arguments(parser) -> None:
     parser.add_argument("--sequence-min-travel", type=float, default=d.min_travel_m,
                         help="with odometry: the N queries must span this much travel (m)")
     parser.add_argument("--sequence-odometry", action="store_true",
-                        help="use the queries' poses as odometry (relative distances only); default: stamps only")
+                        help="use the queries' ground-truth poses as odometry (their relative motion only) and check "
+                             "paths over the top --sequence-candidates (PathVerifier); default: stamps only, top-1")
+    parser.add_argument("--sequence-candidates", type=int, default=d.candidates,
+                        help="with odometry: each query's top-K keyframes are hypotheses and path supports")
+    parser.add_argument("--sequence-tolerance-deg", type=float, default=d.tolerance_deg,
+                        help="with odometry: predicted vs keyframe heading (deg; 180: position only)")
+    parser.add_argument("--sequence-min-score", type=float, default=d.min_score,
+                        help="with odometry: accept a path whose mean descriptor score reaches this")
 
 
 def config_from_args(args) -> SequenceConfig:
     return SequenceConfig(length=args.sequence_length, tolerance_m=args.sequence_tolerance,
                           max_speed=args.sequence_max_speed, max_gap_s=args.sequence_max_gap,
-                          min_travel_m=args.sequence_min_travel)
+                          min_travel_m=args.sequence_min_travel, candidates=args.sequence_candidates,
+                          tolerance_deg=args.sequence_tolerance_deg, min_score=args.sequence_min_score)
