@@ -61,28 +61,21 @@ def score(queries: QuerySide, map_side: MapSide, radius: float, axes=None, angle
 def verify_by_sequence(result: RetrievalResult, queries: QuerySide, map_side: MapSide, config, radius: float,
                        axes=None, angle_deg: float | None = None, exclude_seconds: float = 0.0,
                        odometry: bool = False) -> None:
-    """`--verify sequence` on one protocol's result (revisit: `exclude_seconds` hides the same entries).
-    Stamps only: `SequenceVerifier` on the top-1 matches. With `odometry` (the queries' ground-truth
-    poses stand in for it: only their relative motion is used): `PathVerifier` over each query's top
-    `config.candidates` entries, whose pick and path score replace the top-1's. The output pose of an
-    image-only match is its keyframe's camera pose (nothing refines it): the pose error measures that."""
+    """`--verify sequence` on one protocol's result (revisit: `exclude_seconds` hides the same entries),
+    by `sequence.verify_ranked`: stamps only, or with `odometry` (the queries' ground-truth poses stand
+    in for it: only their relative motion is used) the path check over the top `config.candidates`,
+    whose pick and path score replace the top-1's. The output pose of an image-only match is its
+    keyframe's camera pose (nothing refines it): the pose error measures that."""
     from cmirl_ros.evaluation.metrics import pose_errors
     from cmirl_ros.geometry.poses import place_matches, time_exclusion
-    from cmirl_ros.localization.sequence import verify_paths, verify_sequence
+    from cmirl_ros.localization.sequence import verify_ranked
 
-    if not odometry:
-        matched = map_side.poses[np.maximum(result.best, 0)]
-        accepted = verify_sequence(queries.stamps, matched[:, :3, 3], result.best >= 0, None, config, axes)
-        result.verify(accepted, "sequence", pose_errors(matched, queries.poses, axes))
-        return
     scores = queries.descriptors @ map_side.descriptors.T
     if result.protocol == "revisit":
         scores = np.where(time_exclusion(queries.stamps, map_side.stamps, exclude_seconds), -np.inf, scores)
-    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :config.candidates]
-    ranked_scores = np.take_along_axis(scores, ranked, axis=1)
-    chosen, path_scores = verify_paths(queries.stamps, map_side.poses[ranked], ranked_scores, queries.poses, config, axes)
-    rows = np.arange(len(chosen))
-    picked = np.where(chosen >= 0, ranked[rows, np.maximum(chosen, 0)], np.maximum(result.best, 0))
-    correct = place_matches(queries.poses, map_side.poses, radius, axes, angle_deg)[rows, picked]
-    result.verify(chosen >= 0, "sequence", pose_errors(map_side.poses[picked], queries.poses, axes),
-                  verified_correct=correct, verified_scores=path_scores)
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :max(config.candidates, 1)]
+    picked, accepted, picked_scores = verify_ranked(queries.stamps, ranked, np.take_along_axis(scores, ranked, axis=1),
+                                                    map_side.poses, queries.poses if odometry else None, config, axes)
+    correct = place_matches(queries.poses, map_side.poses, radius, axes, angle_deg)[np.arange(len(picked)), picked]
+    result.verify(accepted, "sequence", pose_errors(map_side.poses[picked], queries.poses, axes),
+                  verified_correct=correct, verified_scores=picked_scores)

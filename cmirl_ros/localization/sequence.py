@@ -224,6 +224,27 @@ def verify_paths(stamps: np.ndarray, candidate_poses: np.ndarray, candidate_scor
     return chosen, np.array([score for _, score in results], dtype=np.float64)
 
 
+def verify_ranked(stamps: np.ndarray, ranked: np.ndarray, ranked_scores: np.ndarray, keyframe_poses: np.ndarray,
+                  odometry_poses: np.ndarray | None, config: SequenceConfig | None = None,
+                  axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`--verify sequence` over Q queries' rankings: ranked (Q,K) keyframe ids, best first, ranked_scores
+    (Q,K) (non-finite: no candidate). Stamps only (`odometry_poses` None): `SequenceVerifier` on each
+    top-1. With odometry poses (Q,4,4): `PathVerifier` over the top `config.candidates`.
+    Returns the match each query ends with (Q,) (the verifier's pick, else the top-1), whether it is
+    confirmed (Q,) and its score (Q,) (the path score with odometry, else the top-1's)."""
+    config = config or SequenceConfig()
+    ranked, ranked_scores = np.asarray(ranked, np.int64), np.asarray(ranked_scores, np.float64)
+    if odometry_poses is None:
+        answered = np.isfinite(ranked_scores[:, 0])
+        accepted = verify_sequence(stamps, keyframe_poses[ranked[:, 0], :3, 3], answered, None, config, axes)
+        return ranked[:, 0], accepted, ranked_scores[:, 0]
+    k = config.candidates
+    chosen, path_scores = verify_paths(stamps, keyframe_poses[ranked[:, :k]], ranked_scores[:, :k], odometry_poses,
+                                       config, axes)
+    picked = np.where(chosen >= 0, np.take_along_axis(ranked, np.maximum(chosen, 0)[:, None], 1)[:, 0], ranked[:, 0])
+    return picked, chosen >= 0, path_scores
+
+
 def add_sequence_arguments(parser) -> None:
     """The settings of `--verify sequence`."""
     d = SequenceConfig()
