@@ -21,7 +21,8 @@ predicted heading. The hypothesis's path score is the mean descriptor score alon
 best supporting candidate of each query); the best consistent hypothesis is the match, accepted
 when its path score reaches `min_score` and the window covers `min_travel_m`. A wrong place must
 then repeat the query's whole turn-by-turn motion among the look-alikes of every step, not only
-their spacing.
+their spacing. A straight stretch fits every parallel look-alike street: `min_turn_deg` asks the
+window to contain a turn, and `unique_m` rejects a window that two places far apart both explain.
 
 `SequenceVerifier` and `PathVerifier` are pure state + arithmetic (no ROS, no model). How a verify
 stage wraps them: keep one verifier per query stream, call `update` for every query in stamp order,
@@ -49,13 +50,16 @@ class SequenceConfig:
     candidates: int = 1  # K: each query's top-K keyframes are hypotheses / path supports
     tolerance_deg: float = 180.0  # predicted vs keyframe heading (180: position only)
     min_score: float = -1.0  # accept a path whose mean descriptor score reaches this (cosine, -1: any)
+    min_turn_deg: float = 0.0  # the window's odometry must turn this much (a straight street fits any parallel one)
+    unique_m: float = 0.0  # reject when another consistent path starts this far from the best (0: off)
 
     def __post_init__(self):
         if self.length < 1:
             raise ValueError(f"sequence length must be >= 1, got {self.length}")
         if self.candidates < 1:
             raise ValueError(f"sequence candidates must be >= 1, got {self.candidates}")
-        for name in ("tolerance_m", "max_speed", "max_gap_s", "min_travel_m", "tolerance_deg"):
+        for name in ("tolerance_m", "max_speed", "max_gap_s", "min_travel_m", "tolerance_deg", "min_turn_deg",
+                     "unique_m"):
             if getattr(self, name) < 0:
                 raise ValueError(f"sequence {name} must be >= 0, got {getattr(self, name)}")
 
@@ -177,14 +181,31 @@ class PathVerifier:
         if self._window and stamp - self._window[-1].stamp > self.config.max_gap_s:
             self.reset()
         self._window.append(_Query(float(stamp), np.asarray(odometry_pose, np.float64), poses[valid], scores[valid]))
-        if len(self._window) < self.config.length or not self._travelled_enough():
+        if len(self._window) < self.config.length or not self._travelled_enough() or not self._turned_enough():
             return None, -np.inf
-        path_scores = [self._path_score(pose, score) for pose, score in zip(poses[valid], scores[valid])]
+        path_scores = np.array([self._path_score(pose, score) for pose, score in zip(poses[valid], scores[valid])])
         best = int(np.argmax(path_scores))
         if not np.isfinite(path_scores[best]):
             return None, -np.inf
-        confirmed = path_scores[best] >= self.config.min_score
+        confirmed = path_scores[best] >= self.config.min_score and self._unique(poses[valid], path_scores, best)
         return (int(np.flatnonzero(valid)[best]) if confirmed else None), float(path_scores[best])
+
+    def _unique(self, poses: np.ndarray, path_scores: np.ndarray, best: int) -> bool:
+        """No other consistent path starts `unique_m` or more from the best one: two places that both
+        explain the motion are a look-alike pair, and the score cannot tell which is right."""
+        if self.config.unique_m <= 0:
+            return True
+        apart = np.linalg.norm(poses[:, self.axes, 3] - poses[best, self.axes, 3], axis=1) >= self.config.unique_m
+        return not (apart & np.isfinite(path_scores)).any()
+
+    def _turned_enough(self) -> bool:
+        """The odometry's view direction changed by at least `min_turn_deg` within the window."""
+        if self.config.min_turn_deg <= 0:
+            return True
+        from cmirl_ros.geometry.poses import view_angles_deg
+
+        odometry = np.stack([q.odometry for q in self._window])
+        return float(view_angles_deg(odometry[-1:], odometry).max()) >= self.config.min_turn_deg
 
     def _path_score(self, keyframe_pose: np.ndarray, score: float) -> float:
         """Mean descriptor score along the path that puts the newest query at `keyframe_pose`; -inf when
@@ -265,10 +286,15 @@ def add_sequence_arguments(parser) -> None:
                         help="with odometry: predicted vs keyframe heading (deg; 180: position only)")
     parser.add_argument("--sequence-min-score", type=float, default=d.min_score,
                         help="with odometry: accept a path whose mean descriptor score reaches this")
+    parser.add_argument("--sequence-min-turn", type=float, default=d.min_turn_deg,
+                        help="with odometry: the window's heading must change this much (deg; 0: off)")
+    parser.add_argument("--sequence-unique", type=float, default=d.unique_m,
+                        help="with odometry: reject when another consistent path starts this far away (m; 0: off)")
 
 
 def config_from_args(args) -> SequenceConfig:
     return SequenceConfig(length=args.sequence_length, tolerance_m=args.sequence_tolerance,
                           max_speed=args.sequence_max_speed, max_gap_s=args.sequence_max_gap,
                           min_travel_m=args.sequence_min_travel, candidates=args.sequence_candidates,
-                          tolerance_deg=args.sequence_tolerance_deg, min_score=args.sequence_min_score)
+                          tolerance_deg=args.sequence_tolerance_deg, min_score=args.sequence_min_score,
+                          min_turn_deg=args.sequence_min_turn, unique_m=args.sequence_unique)

@@ -136,3 +136,22 @@ def test_verify_paths_batch_min_travel_gap_and_missing_candidates():
     assert list(verify_paths(stamps[:3], candidates[:3], missing, odometry[:3], cfg, (0, 2))[0]) == [-1] * 3
     with pytest.raises(ValueError, match="candidates"):
         SequenceConfig(candidates=0)
+
+
+def test_path_needs_a_turn_and_a_unique_place_when_asked():
+    from cmirl_ros.localization.sequence import PathVerifier
+
+    scores = [np.array([0.6, 0.5])] * 3
+    # A copy of the turning path 100 m east (a look-alike block that turns the same way) explains the
+    # motion as well: the better-scored one wins, unless uniqueness is asked for.
+    copy = [_pose(100, 0) @ p for p in TRUE_PATH]
+    both = [np.stack([TRUE_PATH[t], copy[t]]) for t in range(3)]
+    cfg = dict(length=3, tolerance_m=1.0, tolerance_deg=20.0, candidates=2)
+    assert _run(PathVerifier(SequenceConfig(**cfg)), both, scores)[2][0] == 0
+    assert _run(PathVerifier(SequenceConfig(**cfg, unique_m=30.0)), both, scores)[2][0] is None
+    assert _run(PathVerifier(SequenceConfig(**cfg, unique_m=150.0)), both, scores)[2][0] == 0
+    # The path turns 90 degrees: a 45-degree turn requirement passes it; a straight drive never does.
+    assert _run(PathVerifier(SequenceConfig(**cfg, min_turn_deg=45.0)), both, scores)[2][0] == 0
+    for min_turn, expected in ((0.0, [None, None, 0]), (45.0, [None] * 3)):
+        straight = PathVerifier(SequenceConfig(length=3, tolerance_m=1.0, min_turn_deg=min_turn))
+        assert [straight.update(float(t), LOOK_ALIKE[t][None], [0.9], LOOK_ALIKE[t])[0] for t in range(3)] == expected
