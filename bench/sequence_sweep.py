@@ -15,7 +15,6 @@ setting with `cmirl eval` on the test sequences.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
@@ -24,8 +23,12 @@ import numpy as np
 from cmirl_ros.evaluation.evaluate import MapSide, QuerySide, encode_queries, score, verify_by_sequence
 from cmirl_ros.localization.sequence import SequenceConfig
 
-GRID = {"length": [3, 4, 6, 8], "tolerance_m": [4.0, 8.0], "tolerance_deg": [20.0],
-        "candidates": [5, 20], "min_turn_deg": [0.0, 20.0, 45.0], "unique_m": [0.0, 30.0]}
+# Each row: one setting; every one has tolerance 5 m / 20 degrees. candidates 0 = every map entry
+# (SeqSLAM-like: the path collects whatever score the map gives where the odometry puts each query).
+GRID = [dict(length=n, candidates=k, zscore=k == 0, unique_m=30.0 if margin is not None else 0.0,
+             unique_margin=margin if margin is not None else float("inf"), tolerance_m=5.0, tolerance_deg=20.0)
+        for n in (4, 8, 12) for k, margins in ((20, (None, float("inf"))), (0, (None, 0.25, 0.5, 1.0)))
+        for margin in margins]
 
 
 def queries_of(args) -> QuerySide:
@@ -79,7 +82,8 @@ def main() -> None:
     base = result.loop_closure.to_dict()
     rows = []
     settings = [("stamps", dict(length=n)) for n in [2, 3, 4, 6]]
-    settings += [("odometry", dict(zip(GRID, values))) for values in itertools.product(*GRID.values())]
+    settings += [("odometry", {**setting, "candidates": setting["candidates"] or len(map_side.descriptors)})
+                 for setting in GRID]
     for mode, setting in settings:
         verify_by_sequence(result, queries, map_side, SequenceConfig(**setting), args.radius, axes,
                            exclude_seconds=args.exclude_seconds, odometry=mode == "odometry")

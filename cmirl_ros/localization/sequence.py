@@ -51,7 +51,9 @@ class SequenceConfig:
     tolerance_deg: float = 180.0  # predicted vs keyframe heading (180: position only)
     min_score: float = -1.0  # accept a path whose mean descriptor score reaches this (cosine, -1: any)
     min_turn_deg: float = 0.0  # the window's odometry must turn this much (a straight street fits any parallel one)
-    unique_m: float = 0.0  # reject when another consistent path starts this far from the best (0: off)
+    unique_m: float = 0.0  # reject when another consistent path starts this far from the best (0: off) ...
+    unique_margin: float = float("inf")  # ... and scores within this of the best (inf: whatever it scores)
+    zscore: bool = False  # each query's candidate scores as z-scores over its K (SeqSLAM's contrast step)
 
     def __post_init__(self):
         if self.length < 1:
@@ -59,7 +61,7 @@ class SequenceConfig:
         if self.candidates < 1:
             raise ValueError(f"sequence candidates must be >= 1, got {self.candidates}")
         for name in ("tolerance_m", "max_speed", "max_gap_s", "min_travel_m", "tolerance_deg", "min_turn_deg",
-                     "unique_m"):
+                     "unique_m", "unique_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"sequence {name} must be >= 0, got {getattr(self, name)}")
 
@@ -180,23 +182,32 @@ class PathVerifier:
             return None, -np.inf
         if self._window and stamp - self._window[-1].stamp > self.config.max_gap_s:
             self.reset()
-        self._window.append(_Query(float(stamp), np.asarray(odometry_pose, np.float64), poses[valid], scores[valid]))
+        scores = self._normalized(scores[valid])
+        self._window.append(_Query(float(stamp), np.asarray(odometry_pose, np.float64), poses[valid], scores))
         if len(self._window) < self.config.length or not self._travelled_enough() or not self._turned_enough():
             return None, -np.inf
-        path_scores = np.array([self._path_score(pose, score) for pose, score in zip(poses[valid], scores[valid])])
+        path_scores = self._path_scores(poses[valid], scores)
         best = int(np.argmax(path_scores))
         if not np.isfinite(path_scores[best]):
             return None, -np.inf
         confirmed = path_scores[best] >= self.config.min_score and self._unique(poses[valid], path_scores, best)
         return (int(np.flatnonzero(valid)[best]) if confirmed else None), float(path_scores[best])
 
+    def _normalized(self, scores: np.ndarray) -> np.ndarray:
+        """With `zscore`, a query's scores relative to its own candidates: a query whose every candidate
+        scores high (a bland view) does not outweigh one that singles out a place."""
+        if not self.config.zscore or len(scores) < 2:
+            return scores
+        return (scores - scores.mean()) / max(float(scores.std()), 1e-9)
+
     def _unique(self, poses: np.ndarray, path_scores: np.ndarray, best: int) -> bool:
-        """No other consistent path starts `unique_m` or more from the best one: two places that both
-        explain the motion are a look-alike pair, and the score cannot tell which is right."""
+        """No other consistent path starting `unique_m` or more from the best one scores within
+        `unique_margin` of it: two places that both explain the motion are a look-alike pair."""
         if self.config.unique_m <= 0:
             return True
         apart = np.linalg.norm(poses[:, self.axes, 3] - poses[best, self.axes, 3], axis=1) >= self.config.unique_m
-        return not (apart & np.isfinite(path_scores)).any()
+        rival = path_scores[apart].max() if apart.any() else -np.inf
+        return bool(np.isneginf(rival) or rival < path_scores[best] - self.config.unique_margin)
 
     def _turned_enough(self) -> bool:
         """The odometry's view direction changed by at least `min_turn_deg` within the window."""
@@ -207,21 +218,18 @@ class PathVerifier:
         odometry = np.stack([q.odometry for q in self._window])
         return float(view_angles_deg(odometry[-1:], odometry).max()) >= self.config.min_turn_deg
 
-    def _path_score(self, keyframe_pose: np.ndarray, score: float) -> float:
-        """Mean descriptor score along the path that puts the newest query at `keyframe_pose`; -inf when
+    def _path_scores(self, keyframe_poses: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """(K,) mean score along the path that puts the newest query at each keyframe pose; -inf where
         an earlier query has no candidate where the odometry places it."""
         from cmirl_ros.geometry.poses import view_angles_deg
 
-        odometry_to_map = keyframe_pose @ np.linalg.inv(self._window[-1].odometry)
-        total = score
+        odometry_to_map = keyframe_poses @ np.linalg.inv(self._window[-1].odometry)  # (K,4,4)
+        total = scores.copy()
         for query in list(self._window)[:-1]:
-            predicted = odometry_to_map @ query.odometry
-            offsets = np.linalg.norm(query.poses[:, self.axes, 3] - predicted[self.axes, 3], axis=1)
-            turns = view_angles_deg(predicted[None], query.poses)[0]
-            support = (offsets <= self.config.tolerance_m) & (turns <= self.config.tolerance_deg)
-            if not support.any():
-                return -np.inf
-            total += float(query.scores[support].max())
+            predicted = odometry_to_map @ query.odometry  # (K,4,4): where each hypothesis puts this query
+            offsets = np.linalg.norm(predicted[:, None, self.axes, 3] - query.poses[None, :, self.axes, 3], axis=2)
+            support = (offsets <= self.config.tolerance_m) & (view_angles_deg(predicted, query.poses) <= self.config.tolerance_deg)
+            total += np.where(support, query.scores[None], -np.inf).max(1)
         return total / len(self._window)
 
     def _travelled_enough(self) -> bool:
@@ -288,8 +296,12 @@ def add_sequence_arguments(parser) -> None:
                         help="with odometry: accept a path whose mean descriptor score reaches this")
     parser.add_argument("--sequence-min-turn", type=float, default=d.min_turn_deg,
                         help="with odometry: the window's heading must change this much (deg; 0: off)")
+    parser.add_argument("--sequence-zscore", action="store_true",
+                        help="with odometry: score each query's candidates as z-scores over its top-K")
     parser.add_argument("--sequence-unique", type=float, default=d.unique_m,
-                        help="with odometry: reject when another consistent path starts this far away (m; 0: off)")
+                        help="with odometry: reject when another consistent path starts this far away (m; 0: off) ...")
+    parser.add_argument("--sequence-unique-margin", type=float, default=d.unique_margin,
+                        help="... and scores within this margin of the best (default: whatever it scores)")
 
 
 def config_from_args(args) -> SequenceConfig:
@@ -297,4 +309,5 @@ def config_from_args(args) -> SequenceConfig:
                           max_speed=args.sequence_max_speed, max_gap_s=args.sequence_max_gap,
                           min_travel_m=args.sequence_min_travel, candidates=args.sequence_candidates,
                           tolerance_deg=args.sequence_tolerance_deg, min_score=args.sequence_min_score,
-                          min_turn_deg=args.sequence_min_turn, unique_m=args.sequence_unique)
+                          min_turn_deg=args.sequence_min_turn, unique_m=args.sequence_unique,
+                          zscore=args.sequence_zscore, unique_margin=args.sequence_unique_margin)
