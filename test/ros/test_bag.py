@@ -140,7 +140,10 @@ def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, t
     out = tmp_path / "eval.json"
     env = dict(os.environ, CMIRL_TORCH_THREADS="2")
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(sim_bag), "--map", str(lite_map),
-                             "--model", str(lite_checkpoint), "--device", "cpu", "--rate", "0.5", "--json", str(out)],
+                             "--model", str(lite_checkpoint), "--device", "cpu", "--rate", "0.5", "--json", str(out),
+                             # sequence verification of what the node published (exclusion 0: the node runs as without it)
+                             "--verify", "sequence", "--sequence-odometry", "--sequence-length", "2",
+                             "--exclude-seconds", "0"],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Recall@1" in result.stdout
@@ -157,8 +160,13 @@ def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, t
     assert loop_closure["lc_queries"] == report["queries_answered"]
     assert None not in loop_closure["pr_curve"]["thresholds"]
     assert loop_closure["unverified_recall"] == pytest.approx(paper["recall@1"])
-    assert 0.0 <= report["max_f1"] <= 1.0 and report["verified_precision"] is None
+    assert 0.0 <= report["max_f1"] <= 1.0
     assert "loop closures: max F1" in result.stdout
+    # The first query cannot be confirmed (N = 2): verified + unverified = answered, the rest the verifier's call.
+    assert report["verify"] == "sequence" and report["sequence"]["length"] == 2 and report["sequence_odometry"]
+    assert report["verified_matches"] + report["unverified_queries"] == report["queries_answered"]
+    assert report["verified_matches"] <= report["queries_answered"] - 1 and "verified (sequence)" in result.stdout
+    assert report["verified_precision"] is None or 0.0 <= report["verified_precision"] <= 1.0
     assert (tmp_path / "eval_pr.png").read_bytes()[:4] == b"\x89PNG"
 
 
