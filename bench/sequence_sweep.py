@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--exclude-seconds", type=float, default=30.0)
     parser.add_argument("--target", type=float, default=0.99, help="precision the threshold must keep")
     parser.add_argument("--cache", type=Path, default=None, help="query descriptors (.npz), reused when present")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="only the grid rows of these N")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -83,7 +84,7 @@ def main() -> None:
     rows = []
     settings = [("stamps", dict(length=n)) for n in [2, 3, 4, 6]]
     settings += [("odometry", {**setting, "candidates": setting["candidates"] or len(map_side.descriptors)})
-                 for setting in GRID]
+                 for setting in GRID if args.lengths is None or setting["length"] in args.lengths]
     for mode, setting in settings:
         verify_by_sequence(result, queries, map_side, SequenceConfig(**setting), args.radius, axes,
                            exclude_seconds=args.exclude_seconds, odometry=mode == "odometry")
