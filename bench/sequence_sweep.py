@@ -26,8 +26,8 @@ from cmirl_ros.localization.sequence import SequenceConfig
 # Each row: one setting; every one has tolerance 5 m / 20 degrees. candidates 0 = every map entry
 # (SeqSLAM-like: the path collects whatever score the map gives where the odometry puts each query).
 GRID = [dict(length=n, candidates=k, zscore=k == 0, unique_m=30.0 if margin is not None else 0.0,
-             unique_margin=margin if margin is not None else float("inf"), tolerance_m=5.0, tolerance_deg=20.0)
-        for n in (4, 8, 12) for k, margins in ((20, (None, float("inf"))), (0, (None, 0.25, 0.5, 1.0)))
+             unique_margin=None if margin in (None, "any") else margin, tolerance_m=5.0, tolerance_deg=20.0)
+        for n in (4, 8, 12) for k, margins in ((20, (None, "any")), (0, (None, 0.25, 0.5, 1.0)))
         for margin in margins]
 
 

@@ -52,7 +52,7 @@ class SequenceConfig:
     min_score: float = -1.0  # accept a path whose mean descriptor score reaches this (cosine, -1: any)
     min_turn_deg: float = 0.0  # the window's odometry must turn this much (a straight street fits any parallel one)
     unique_m: float = 0.0  # reject when another consistent path starts this far from the best (0: off) ...
-    unique_margin: float = float("inf")  # ... and scores within this of the best (inf: whatever it scores)
+    unique_margin: float | None = None  # ... and scores within this of the best (None: whatever it scores)
     zscore: bool = False  # each query's candidate scores as z-scores over its K (SeqSLAM's contrast step)
 
     def __post_init__(self):
@@ -62,7 +62,7 @@ class SequenceConfig:
             raise ValueError(f"sequence candidates must be >= 1, got {self.candidates}")
         for name in ("tolerance_m", "max_speed", "max_gap_s", "min_travel_m", "tolerance_deg", "min_turn_deg",
                      "unique_m", "unique_margin"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"sequence {name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
@@ -207,7 +207,8 @@ class PathVerifier:
             return True
         apart = np.linalg.norm(poses[:, self.axes, 3] - poses[best, self.axes, 3], axis=1) >= self.config.unique_m
         rival = path_scores[apart].max() if apart.any() else -np.inf
-        return bool(np.isneginf(rival) or rival < path_scores[best] - self.config.unique_margin)
+        margin = np.inf if self.config.unique_margin is None else self.config.unique_margin
+        return bool(np.isneginf(rival) or rival < path_scores[best] - margin)
 
     def _turned_enough(self) -> bool:
         """The odometry's view direction changed by at least `min_turn_deg` within the window."""
