@@ -29,6 +29,7 @@ GRID = [dict(length=n, candidates=k, zscore=k == 0, unique_m=30.0 if margin is n
              unique_margin=None if margin in (None, "any") else margin, tolerance_m=5.0, tolerance_deg=20.0)
         for n in (4, 8, 12) for k, margins in ((20, (None, "any")), (0, (None, 0.25, 0.5, 1.0)))
         for margin in margins]
+GRID += [dict(length=4, candidates=20, min_turn_deg=turn, tolerance_m=5.0, tolerance_deg=20.0) for turn in (20.0, 45.0)]
 
 
 def queries_of(args) -> QuerySide:

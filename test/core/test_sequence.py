@@ -155,3 +155,15 @@ def test_path_needs_a_turn_and_a_unique_place_when_asked():
     for min_turn, expected in ((0.0, [None, None, 0]), (45.0, [None] * 3)):
         straight = PathVerifier(SequenceConfig(length=3, tolerance_m=1.0, min_turn_deg=min_turn))
         assert [straight.update(float(t), LOOK_ALIKE[t][None], [0.9], LOOK_ALIKE[t])[0] for t in range(3)] == expected
+
+
+def test_path_zscore_scores_each_query_against_its_own_candidates():
+    from cmirl_ros.localization.sequence import PathVerifier
+
+    far = [_pose(500, 500) for _ in range(3)]
+    candidates = [np.stack([TRUE_PATH[t], far[t]]) for t in range(3)]
+    scores = [np.array([0.6, 0.4]), np.array([0.9, 0.8]), np.array([0.3, 0.1])]
+    cfg = dict(length=3, tolerance_m=1.0, candidates=2)
+    assert _run(PathVerifier(SequenceConfig(**cfg)), candidates, scores)[2] == (0, pytest.approx(0.6))
+    # z-scores over each query's two candidates: the true one is +1 everywhere, whatever the raw level.
+    assert _run(PathVerifier(SequenceConfig(**cfg, zscore=True)), candidates, scores)[2] == (0, pytest.approx(1.0))
