@@ -204,6 +204,9 @@ def test_bag_cli_errors_are_clean(tmp_path):
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(tmp_path), "--map", str(tmp_path / "nomap")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nomap" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(tmp_path), "--map", str(tmp_path),
+                             "--verify", "registration"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "add --use-scan" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a rosbag2 bag" in result.stderr
