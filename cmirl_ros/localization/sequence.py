@@ -42,7 +42,8 @@ from cmirl_ros.config import dataclass_from_mapping
 @dataclass
 class SequenceConfig:
     length: int = 3  # N: the last N queries' matches must agree (1 = no check)
-    tolerance_m: float = 5.0  # per step: |keyframe distance - travelled distance| (odometry) or slack (stamps)
+    tolerance_m: float = 5.0  # slack per step (stamps) / |keyframe distance - travelled| (SequenceVerifier with
+    # odometry positions) / support radius around the predicted position (PathVerifier)
     max_speed: float = 30.0  # m/s, stamps only: how far apart consecutive matches may be per second
     max_gap_s: float = 5.0  # a longer pause between queries starts a new sequence
     min_travel_m: float = 0.0  # with odometry: the window must cover at least this much travel
@@ -280,7 +281,8 @@ def add_sequence_arguments(parser) -> None:
     d = SequenceConfig()
     parser.add_argument("--sequence-length", type=int, default=d.length, help="N consecutive agreeing matches")
     parser.add_argument("--sequence-tolerance", type=float, default=d.tolerance_m,
-                        help="per step: |matched keyframe distance - travelled distance| (m)")
+                        help="stamps only: slack per step (m); with odometry: how far a supporting candidate may lie "
+                             "from where the path puts its query (m)")
     parser.add_argument("--sequence-max-speed", type=float, default=d.max_speed,
                         help="without odometry: consecutive matches at most this fast apart (m/s)")
     parser.add_argument("--sequence-max-gap", type=float, default=d.max_gap_s, help="a longer pause restarts (s)")
