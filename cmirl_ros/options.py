@@ -164,15 +164,30 @@ SECTIONS = (
     )),
     Section("sequence", "--verify sequence (SequenceConfig, offline commands)", (CLI,), (
         Option("sequence_length", 3, "N consecutive agreeing matches", at_least=1, field="length"),
-        Option("sequence_tolerance", 5.0, "per step: |matched keyframe distance - travelled distance| (m)",
+        Option("sequence_tolerance", 5.0, "stamps only: slack per step (m); with odometry: how far a supporting candidate may lie from where the path puts its query (m)",
                at_least=0, field="tolerance_m"),
         Option("sequence_max_speed", 30.0, "without odometry: consecutive matches at most this fast apart (m/s)",
                at_least=0, field="max_speed"),
         Option("sequence_max_gap", 5.0, "a longer pause restarts (s)", at_least=0, field="max_gap_s"),
         Option("sequence_min_travel", 0.0, "with odometry: the N queries must span this much travel (m)",
                at_least=0, field="min_travel_m"),
-        Option("sequence_odometry", False, "use the queries' poses as odometry (relative distances only); "
-               "default: stamps only", field=None),
+        Option("sequence_odometry", False, "use the queries' ground-truth poses as odometry (their relative motion "
+               "only) and check paths over the top --sequence-candidates (PathVerifier); default: stamps only, top-1",
+               field=None),
+        Option("sequence_candidates", 1, "with odometry: each query's top-K keyframes are hypotheses and path supports",
+               at_least=1, field="candidates"),
+        Option("sequence_tolerance_deg", 180.0, "with odometry: predicted vs keyframe heading (deg; 180: position only)",
+               at_least=0, field="tolerance_deg"),
+        Option("sequence_min_score", -1.0, "with odometry: accept a path whose mean descriptor score reaches this",
+               field="min_score"),
+        Option("sequence_min_turn", 0.0, "with odometry: the window's heading must change this much (deg; 0: off)",
+               at_least=0, field="min_turn_deg"),
+        Option("sequence_zscore", False, "with odometry: score each query's candidates as z-scores over its top-K",
+               field="zscore"),
+        Option("sequence_unique", 0.0, "with odometry: reject when another consistent path starts this far away "
+               "(m; 0: off) ...", at_least=0, field="unique_m"),
+        Option("sequence_unique_margin", float("inf"), "... and scores within this margin of the best (inf: whatever "
+               "it scores)", at_least=0, field="unique_margin"),
     )),
     Section("frames", "frames (REP 105) of every published pose", (NODE,), (
         Option("map_frame", "map", "frame_id of the published poses (the prior map)"),

@@ -186,19 +186,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def verify_matches(result, queries, map_side, args, axes) -> None:
-    """Loop-closure figures of one protocol with `--verify`; the output pose of an image-only match is
-    its keyframe's camera pose (nothing refines it), so that is what the pose error measures."""
+    """Loop-closure figures of one protocol with `--verify sequence` (evaluate.verify_by_sequence)."""
     if args.verify != "sequence":
         return
-    from cmirl_ros.evaluation.metrics import pose_errors
-    from cmirl_ros.localization.sequence import verify_sequence
+    from cmirl_ros.evaluation.evaluate import verify_by_sequence
     from cmirl_ros.options import sequence_config
 
-    has_match = result.best >= 0
-    matched = map_side.poses[np.maximum(result.best, 0)]
-    odometry = queries.poses[:, :3, 3] if args.sequence_odometry else None
-    accepted = verify_sequence(queries.stamps, matched[:, :3, 3], has_match, odometry, sequence_config(vars(args)), axes)
-    result.verify(accepted, args.verify, pose_errors(matched, queries.poses, axes))
+    verify_by_sequence(result, queries, map_side, sequence_config(vars(args)), args.radius, axes, args.angle,
+                       args.exclude_seconds, odometry=args.sequence_odometry)
 
 
 def _loop_line(m: dict) -> str:

@@ -56,3 +56,26 @@ def score(queries: QuerySide, map_side: MapSide, radius: float, axes=None, angle
         radius=radius, axes=axes, max_angle_deg=angle_deg, exclude_seconds=exclude_seconds,
         protocols=protocols, max_n=max_n,
     )
+
+
+def verify_by_sequence(result: RetrievalResult, queries: QuerySide, map_side: MapSide, config, radius: float,
+                       axes=None, angle_deg: float | None = None, exclude_seconds: float = 0.0,
+                       odometry: bool = False) -> None:
+    """`--verify sequence` on one protocol's result (revisit: `exclude_seconds` hides the same entries),
+    by `sequence.verify_ranked`: stamps only, or with `odometry` (the queries' ground-truth poses stand
+    in for it: only their relative motion is used) the path check over the top `config.candidates`,
+    whose pick and path score replace the top-1's. The output pose of an image-only match is its
+    keyframe's camera pose (nothing refines it): the pose error measures that."""
+    from cmirl_ros.evaluation.metrics import pose_errors
+    from cmirl_ros.geometry.poses import place_matches, time_exclusion
+    from cmirl_ros.localization.sequence import verify_ranked
+
+    scores = queries.descriptors @ map_side.descriptors.T
+    if result.protocol == "revisit":
+        scores = np.where(time_exclusion(queries.stamps, map_side.stamps, exclude_seconds), -np.inf, scores)
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :max(config.candidates, 1)]
+    picked, accepted, picked_scores = verify_ranked(queries.stamps, ranked, np.take_along_axis(scores, ranked, axis=1),
+                                                    map_side.poses, queries.poses if odometry else None, config, axes)
+    correct = place_matches(queries.poses, map_side.poses, radius, axes, angle_deg)[np.arange(len(picked)), picked]
+    result.verify(accepted, "sequence", pose_errors(map_side.poses[picked], queries.poses, axes),
+                  verified_correct=correct, verified_scores=picked_scores)

@@ -42,10 +42,14 @@ class RetrievalResult:
     chance_correct: np.ndarray = field(repr=False, default=None)  # (Q,) P(random allowed entry is correct)
     loop_closure: "LoopClosureResult | None" = field(repr=False, default=None)
 
-    def verify(self, accepted: np.ndarray | None, verify: str, pose_error: np.ndarray | None = None) -> None:
-        """Loop-closure figures with a verifier's decisions (`accepted` (Q,), None: no verification)."""
+    def verify(self, accepted: np.ndarray | None, verify: str, pose_error: np.ndarray | None = None,
+               verified_correct: np.ndarray | None = None, verified_scores: np.ndarray | None = None) -> None:
+        """Loop-closure figures with a verifier's decisions (`accepted` (Q,), None: no verification);
+        `verified_correct` / `verified_scores`: those of the verifier's own match where it may pick
+        another candidate than the top-1 (default: the top-1's)."""
         self.loop_closure = loop_closure_metrics(self.best_score, self.best_correct, self.has_revisit, accepted,
-                                                 verify, self.chance_correct, pose_error)
+                                                 verify, self.chance_correct, pose_error, verified_correct,
+                                                 verified_scores)
 
     def to_dict(self) -> dict:
         loop_closure = self.loop_closure.to_dict() if self.loop_closure is not None else {}
@@ -333,7 +337,8 @@ class LoopClosureResult:
 def loop_closure_metrics(scores: np.ndarray, correct: np.ndarray, has_revisit: np.ndarray,
                          accepted: np.ndarray | None = None, verify: str = "none",
                          chance_correct: np.ndarray | None = None,
-                         pose_error: np.ndarray | None = None) -> LoopClosureResult:
+                         pose_error: np.ndarray | None = None, verified_correct: np.ndarray | None = None,
+                         verified_scores: np.ndarray | None = None) -> LoopClosureResult:
     """Loop-closure figures of Q queries' top-1 matches (see the section comment).
 
     `scores` (Q,): top-1 score (NaN or -inf: the query got no match); `correct` (Q,): the top-1 is
@@ -341,6 +346,8 @@ def loop_closure_metrics(scores: np.ndarray, correct: np.ndarray, has_revisit: n
     `accepted` (Q,): a verifier's decision (None: no verification). `chance_correct` (Q,): the
     probability that a random allowed map entry is correct, for the chance baseline. `pose_error`
     (Q, 2): metres and degrees of the output pose against ground truth; medians over verified matches.
+    `verified_correct` / `verified_scores` (Q,): correctness and score of the verifier's match where it
+    is not the top-1 (a path verifier's pick and path score); default `correct` / `scores`.
     """
     scores = np.asarray(scores, np.float64)
     correct, has_revisit = np.asarray(correct, bool), np.asarray(has_revisit, bool)
@@ -351,8 +358,11 @@ def loop_closure_metrics(scores: np.ndarray, correct: np.ndarray, has_revisit: n
                     pose_error_m_p50=None, pose_error_deg_p50=None)
     if accepted is not None:
         accepted = np.asarray(accepted, bool) & answered
-        precision, recall = _precision_recall(accepted, correct, positives)
-        verified = dict(verified_curve=precision_recall_curve(np.where(accepted, scores, np.nan), correct, positives),
+        matched_correct = correct if verified_correct is None else np.asarray(verified_correct, bool)
+        matched_scores = scores if verified_scores is None else np.asarray(verified_scores, np.float64)
+        precision, recall = _precision_recall(accepted, matched_correct, positives)
+        verified = dict(verified_curve=precision_recall_curve(np.where(accepted, matched_scores, np.nan),
+                                                              matched_correct, positives),
                         verified_accepted=int(accepted.sum()), verified_precision=precision, verified_recall=recall,
                         **pose_error_medians(pose_error, accepted))
     chance_p = chance_r = None

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from cmirl_ros.datasets import open_dataset
@@ -48,15 +49,16 @@ def run(args: argparse.Namespace) -> int:
     config = localizer_config(vars(args), exclude_session=dataset.name)  # verify sequence: after the localizer
     localizer = Localizer(model, mapdb, config)
     map_poses = mapdb.keyframes.poses()
-    queries = []
+    queries, query_poses = [], []
     for i in tqdm(range(0, len(dataset), args.every), desc="localize", unit="frame"):
         frame = dataset[i]
         if frame.image is None:
             raise ValueError(f"dataset {dataset.name}: frame {frame.name} has no image to localize")
         result = _localize(localizer, frame, args)
         queries.append(_query_record(frame, result, mapdb.keyframes, map_poses, dataset, args))
+        query_poses.append(frame.T_world_cam)
     summary = summarize(queries, args.top_k)
-    loop_closure = loop_closure_of(queries, dataset.ground_axes, args)
+    loop_closure = loop_closure_of(queries, dataset.ground_axes, args, map_poses, np.array(query_poses))
     summary.update({key: loop_closure.to_dict()[key] for key in LOOP_CLOSURE_KEYS})
     if args.verify == "registration":
         summary.update(verified_summary(queries))
@@ -130,26 +132,37 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     }
 
 
-def loop_closure_of(queries: list[dict], axes, args):
-    """Loop-closure figures of the queries' top-1 matches, with `--verify sequence` when asked (the
-    matched keyframe's pose is the output pose: nothing refines it on this path)."""
+def loop_closure_of(queries: list[dict], axes, args, map_poses, query_poses):
+    """Loop-closure figures of the queries' top-1 matches, with `--verify sequence` when asked
+    (`sequence.verify_ranked` over each query's top-k matches; `--sequence-odometry`: the frames'
+    ground-truth poses as odometry). An image-only match's output pose is its keyframe's pose."""
     import numpy as np
 
-    from cmirl_ros.evaluation.metrics import loop_closure_metrics
-    from cmirl_ros.localization.sequence import verify_sequence
+    from cmirl_ros.evaluation.metrics import loop_closure_metrics, pose_errors
+    from cmirl_ros.localization.sequence import verify_ranked
     from cmirl_ros.options import sequence_config
 
     scores = np.array([q["matches"][0]["score"] if q["matches"] else -np.inf for q in queries])
-    accepted = None
-    if args.verify == "sequence":
-        has_match = np.array([bool(q["matches"]) for q in queries], bool)
-        matched = np.array([q["matches"][0]["position"] if q["matches"] else [0.0] * 3 for q in queries]).reshape(-1, 3)
-        odometry = np.array([q["position"] for q in queries]).reshape(-1, 3) if args.sequence_odometry else None
-        accepted = verify_sequence(np.array([q["stamp"] for q in queries]), matched, has_match, odometry,
-                                   sequence_config(vars(args)), axes)
     errors = np.array([q["pose_error"] or [np.nan, np.nan] for q in queries]).reshape(-1, 2)
-    return loop_closure_metrics(scores, [q["correct_top1"] for q in queries], [q["counted"] for q in queries],
-                                accepted, args.verify, [q["chance_correct"] for q in queries], errors)
+    counted, chance = [q["counted"] for q in queries], [q["chance_correct"] for q in queries]
+    if args.verify != "sequence":
+        return loop_closure_metrics(scores, [q["correct_top1"] for q in queries], counted, None, args.verify, chance,
+                                    errors)
+    depth = max([len(q["matches"]) for q in queries] + [1])
+    ranked = np.zeros((len(queries), depth), np.int64)
+    ranked_scores = np.full((len(queries), depth), -np.inf)
+    distances = np.full((len(queries), depth), np.inf)
+    for i, q in enumerate(queries):
+        for j, match in enumerate(q["matches"]):
+            ranked[i, j], ranked_scores[i, j], distances[i, j] = match["keyframe_id"], match["score"], match["distance_m"]
+    picked, accepted, picked_scores = verify_ranked(
+        np.array([q["stamp"] for q in queries]), ranked, ranked_scores, map_poses,
+        query_poses if args.sequence_odometry else None, sequence_config(vars(args)), axes)
+    column = (ranked == picked[:, None]).argmax(1)
+    correct = distances[np.arange(len(queries)), column] < args.radius
+    picked_errors = np.where(np.isfinite(ranked_scores[:, :1]), pose_errors(map_poses[picked], query_poses, axes), np.nan)
+    return loop_closure_metrics(scores, [q["correct_top1"] for q in queries], counted, accepted, args.verify, chance,
+                                picked_errors, verified_correct=correct, verified_scores=picked_scores)
 
 
 def summarize(queries: list[dict], top_k: int) -> dict:

@@ -43,7 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--radius", type=float, default=10.0, help="a match is correct within this distance (m)")
     evaluate.add_argument("--exclude-seconds", type=float, default=30.0, help="revisit protocol time window (s)")
     evaluate.add_argument("--json", type=Path, default=None, help="write the result here")
+    add_verify_arguments(evaluate)
     evaluate.set_defaults(bag_run=_run_eval)
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """`bag eval --verify`: registration in the node (needs --use-scan), sequence on what it published."""
+    from cmirl_ros.options import add_cli_arguments
+    from cmirl_ros.ros.bag_eval import VERIFY_CHOICES
+
+    parser.add_argument("--verify", choices=VERIFY_CHOICES, default="none",
+                        help="registration: the node verifies each match by its live scan (node parameter verify); "
+                             "sequence: the published matches in stamp order, after the replay. Either way the node "
+                             "hides keyframes within --exclude-seconds of the query")
+    add_cli_arguments(parser, ["sequence"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,8 +109,11 @@ def _run_eval(args) -> int:
 
     if not args.map.is_dir():
         raise FileNotFoundError(f"{args.map}: map directory not found")
+    from cmirl_ros.options import sequence_config
+
     result = evaluate_bag(args.path, args.map, args.model, rate=args.rate, radius=args.radius,
-                          exclude_seconds=args.exclude_seconds, use_scan=args.use_scan, device=args.device)
+                          exclude_seconds=args.exclude_seconds, use_scan=args.use_scan, device=args.device,
+                          verify=args.verify, sequence=sequence_config(vars(args)), sequence_odometry=args.sequence_odometry)
     print(format_result(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -132,4 +148,8 @@ def format_result(result: dict) -> str:
     lines.append(f"loop closures: max F1 {pct(lc['max_f1'])} (chance {pct(lc['chance_max_f1'])}), recall at 100% "
                  f"precision {pct(lc['recall_at_100p'])}, AP {pct(lc['average_precision'])} "
                  f"(chance {pct(lc['chance_average_precision'])}), precision of all {pct(lc['unverified_precision'])}")
+    if result.get("verify", "none") != "none":
+        lines.append(f"verified ({result['verify']}): precision {pct(result['verified_precision'])}, recall "
+                     f"{pct(result['verified_recall'])}, {result['verified_matches']} verified, "
+                     f"{result['unverified_queries']} unverified")
     return "\n".join(lines)

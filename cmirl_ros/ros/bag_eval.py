@@ -145,6 +145,117 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     }, loop_closure, per_query
 
 
+# ---------------------------------------------------------------- verified matches (--verify)
+VERIFY_CHOICES = ("none", "registration", "sequence")
+
+
+def verify_node_params(verify: str, use_scan: bool, exclude_seconds: float) -> dict:
+    """Node parameters of `--verify`. Registration runs in the node (it needs the live scan); sequence is
+    applied afterwards to what the node published (the node has no sequence stage). With either, the
+    node hides keyframes within `exclude_seconds` of the query (its own recent drive) so that what it
+    publishes are loop closures, and its candidates and scores are those after the exclusion."""
+    if verify not in VERIFY_CHOICES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
+    if verify == "registration" and not use_scan:
+        raise ValueError("bag eval --verify registration registers each query's live scan: add --use-scan")
+    if verify == "none":
+        return {}
+    return {"exclude_seconds": float(exclude_seconds), **({"verify": "registration"} if verify == "registration" else {})}
+
+
+def read_match_poses(path: Path) -> dict[float, np.ndarray]:
+    """{query stamp: published match pose (4,4)}: the refined query pose of a verified match."""
+    from rosbags.rosbag2 import Reader
+
+    from cmirl_ros.datasets.bag import pose_to_matrix
+
+    store, poses = typestore(), {}
+    with Reader(path) as reader:
+        for connection, _, raw in reader.messages():
+            if connection.topic == OUTPUTS["match"]:
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                poses[msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9] = pose_to_matrix(msg.pose.pose)
+    return poses
+
+
+def _revisits(bag: BagSequence, mapdb, radius: float, exclude_seconds: float) -> np.ndarray:
+    """(F,) whether each bag frame's place is in the map outside its exclusion window."""
+    from cmirl_ros.geometry import place_distances, time_exclusion
+
+    near = place_distances(bag.poses, mapdb.keyframes.poses(), bag.ground_axes) < radius
+    return (near & ~time_exclusion(bag.stamps, mapdb.keyframes.stamps, exclude_seconds)).any(1)
+
+
+def registration_figures(recording: Path, recorded: Recorded, bag: BagSequence, mapdb, radius: float,
+                         exclude_seconds: float) -> dict:
+    """Verified figures of a node that ran `verify: registration`: every published match is verified;
+    one is correct when its refined pose is within 1 m and 5 degrees of the ground truth (as `cmirl eval`)."""
+    from cmirl_ros.evaluation.metrics import pose_errors, poses_within, verified_match_figures
+
+    published = read_match_poses(recording)
+    frames = nearest_stamps(np.array(list(published)), bag.stamps)
+    errors = np.full((len(bag.stamps), 2), np.nan)
+    verified = np.zeros(len(bag.stamps), bool)
+    for frame, pose in zip(frames, published.values()):
+        if frame >= 0:
+            verified[frame] = True
+            errors[frame] = pose_errors(pose, bag.poses[frame], bag.ground_axes)[0]
+    figures = verified_match_figures(verified, poses_within(errors), _revisits(bag, mapdb, radius, exclude_seconds),
+                                     errors)
+    last = recorded.diagnostics[-1] if recorded.diagnostics else {}
+    return {**figures, "unverified_queries": int(last["unverified"]) if "unverified" in last else None}
+
+
+def sequence_figures(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_seconds: float,
+                     config, odometry: bool) -> dict:
+    """`--verify sequence` applied to the published matches in stamp order (`sequence.verify_ranked`;
+    odometry = the bag's ground-truth poses, their relative motion only) over each query's published
+    candidates and scores (`~/candidates`), the top `config.candidates` of them."""
+    from cmirl_ros.evaluation.metrics import loop_closure_metrics, pose_errors
+    from cmirl_ros.localization.sequence import verify_ranked
+
+    frames = nearest_stamps(recorded.stamps, bag.stamps)
+    known = np.flatnonzero(frames >= 0)
+    frames = frames[known]
+    keyframe_poses = mapdb.keyframes.poses()
+    depth = config.candidates
+    ranked = np.zeros((len(known), depth), np.int64)
+    ranked_scores = np.full((len(known), depth), -np.inf)
+    for row, i in enumerate(known):
+        ids = recorded.candidates[i][:depth]
+        ranked[row, :len(ids)], ranked_scores[row, :len(ids)] = ids, recorded.scores[i][:depth]
+    picked, accepted, scores = verify_ranked(recorded.stamps[known], ranked, ranked_scores,
+                                             keyframe_poses, bag.poses[frames] if odometry else None, config,
+                                             bag.ground_axes)
+    errors = pose_errors(keyframe_poses[picked], bag.poses[frames], bag.ground_axes)
+    has_revisit = _revisits(bag, mapdb, radius, exclude_seconds)
+    # Every bag frame counts; those the node did not answer have no match (recall's denominator only).
+    unanswered = np.setdiff1d(np.arange(len(bag.stamps)), frames)
+    order = np.r_[frames, unanswered]
+    lc = loop_closure_metrics(np.r_[scores, np.full(len(unanswered), np.nan)],
+                              np.r_[errors[:, 0] < radius, np.zeros(len(unanswered), bool)], has_revisit[order],
+                              np.r_[accepted, np.zeros(len(unanswered), bool)], "sequence",
+                              pose_error=np.r_[errors, np.full((len(unanswered), 2), np.nan)]).to_dict()
+    return {"verified_precision": lc["verified_precision"], "verified_recall": lc["verified_recall"],
+            "verified_matches": lc["verified_accepted"], "unverified_queries": len(frames) - lc["verified_accepted"],
+            "revisit_queries": lc["lc_positives"], "pose_error_m_p50": lc["pose_error_m_p50"],
+            "pose_error_deg_p50": lc["pose_error_deg_p50"], "verified_recall_at_99p": lc["verified_recall_at_99p"],
+            "sequence": config.to_dict(), "sequence_odometry": odometry}
+
+
+def verification_result(verify: str, recording: Path, recorded: Recorded, bag: BagSequence, mapdb, radius: float,
+                        exclude_seconds: float, sequence=None, sequence_odometry: bool = False) -> dict:
+    """The `--verify` keys of the result (none: nothing to add)."""
+    if verify == "registration":
+        return {"verify": verify, **registration_figures(recording, recorded, bag, mapdb, radius, exclude_seconds)}
+    if verify == "sequence":
+        from cmirl_ros.localization.sequence import SequenceConfig
+
+        return {"verify": verify, **sequence_figures(recorded, bag, mapdb, radius, exclude_seconds,
+                                                     sequence or SequenceConfig(), sequence_odometry)}
+    return {}
+
+
 def latency_summary(recorded: Recorded) -> dict:
     """Node-side latency (image received -> match published), from the node's last diagnostics."""
     for entry in reversed(recorded.diagnostics):
@@ -163,15 +274,18 @@ def node_counts(recorded: Recorded) -> dict:
 def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, radius: float = 10.0,
                  exclude_seconds: float = 30.0, use_scan: bool = False, device: str = "auto",
                  workdir: Path | None = None, node_params: dict | None = None, details: bool = False,
-                 log=print) -> dict:
+                 log=print, verify: str = "none", sequence=None, sequence_odometry: bool = False) -> dict:
     """Replay `bag_path` into a fresh localizer node and score its outputs (see module doc).
-    `details`: also return per-query positions and correctness, the trajectory and the keyframes."""
+    `details`: also return per-query positions and correctness, the trajectory and the keyframes.
+    `verify` (none | registration | sequence, `verify_node_params`): also the verified figures;
+    `sequence`: its SequenceConfig, `sequence_odometry`: the bag's ground-truth poses as odometry."""
     import rclpy
 
     from cmirl_ros.mapdb import MapDatabase
     from cmirl_ros.ros.bag_player import play
     from cmirl_ros.ros.localizer_node import READY_LOG
 
+    verify_params = verify_node_params(verify, use_scan, exclude_seconds)  # refused before anything starts
     isolate_dds()
     bag = BagSequence(bag_path)
     mapdb = MapDatabase.load(map_dir)
@@ -184,7 +298,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
               "top_k": min(len(mapdb), MAX_CANDIDATES), "publish_markers": False, "diagnostics_period": 0.5,
               "stats_window": 1e6,  # latency figures over the whole replay
               "image_transport": "compressed" if (bag.image_topic or "").endswith(COMPRESSED_SUFFIX) else "raw",
-              **(node_params or {})}
+              **verify_params, **(node_params or {})}
     recorder = start_recorder(recording, list(OUTPUTS.values()), workdir)
     node = start_localizer(params, workdir)
     try:
@@ -227,6 +341,8 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
     result["protocols"], loop_closure, per_query = score(recorded, bag, mapdb, radius, exclude_seconds)
     result["loop_closure"] = loop_closure.to_dict()
     result.update({key: result["loop_closure"][key] for key in LOOP_CLOSURE_KEYS})
+    result.update(verification_result(verify, recording, recorded, bag, mapdb, radius, exclude_seconds, sequence,
+                                      sequence_odometry))
     if details:
         result["per_query"] = per_query
         result["trajectory"] = bag.poses[:, :3, 3].tolist()

@@ -83,6 +83,7 @@ def test_the_tree_declares_every_config_field_with_its_default():
 def test_every_flag_reaches_the_config(tmp_path):
     """Non-default values for every shared flag of `cmirl localize` end up in the configs it builds."""
     changed = {"retrieve": "faiss_scan_context", "rerank": "exact", "verify": "registration", "sequence_odometry": True,
+               "sequence_zscore": True, "sequence_unique_margin": 0.25,
                "min_scan_coverage": 0.5, "registration_min_fitness": 0.7}
     argv = ["localize", "--map", str(tmp_path), "--root", str(tmp_path)]
     for option in cli_options(SHARED):

@@ -76,6 +76,17 @@ def test_map_build_then_eval_both_protocols(trained, sevenscenes, tmp_path):
     assert metrics["revisit"]["num_queries"] <= 12
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
     assert "paper R@1" in (tmp_path / "eval.md").read_text()
+    # The path check over the top candidates with the frames' poses as odometry: its pick may be a
+    # lower-ranked candidate, so its recall is bounded by Recall@3, not Recall@1.
+    assert main(["eval", "--model", str(out), "--map", str(tmp_path / "map"), *data, "--stride", "10", "--radius", "0.5",
+                 "--protocol", "revisit", "--exclude-seconds", "1", "--verify", "sequence", "--sequence-odometry",
+                 "--sequence-length", "2", "--sequence-candidates", "3", "--sequence-zscore", "--sequence-unique", "1",
+                 "--sequence-unique-margin", "0.5", "--sequence-min-turn", "1", "--sequence-tolerance-deg", "90",
+                 "--sequence-min-score", "-5", "--json", str(tmp_path / "path.json")]) == 0
+    path = json.loads((tmp_path / "path.json").read_text())
+    assert path["sequence"]["candidates"] == 3 and path["sequence"]["zscore"] and path["verify"] == "sequence"
+    revisit = path["rows"][0]["results"]["rgbd-7scenes-redkitchen-seq01-frames0000-0599"]["revisit"]
+    assert path["verified_recall"] is None or path["verified_recall"] <= revisit["recall_curve"][2]
 
 
 def test_ablation_and_condition_tables(trained, sevenscenes, tmp_path):

@@ -140,7 +140,10 @@ def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, t
     out = tmp_path / "eval.json"
     env = dict(os.environ, CMIRL_TORCH_THREADS="2")
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(sim_bag), "--map", str(lite_map),
-                             "--model", str(lite_checkpoint), "--device", "cpu", "--rate", "0.5", "--json", str(out)],
+                             "--model", str(lite_checkpoint), "--device", "cpu", "--rate", "0.5", "--json", str(out),
+                             # sequence verification of what the node published (exclusion 0: the node runs as without it)
+                             "--verify", "sequence", "--sequence-odometry", "--sequence-length", "2",
+                             "--exclude-seconds", "0"],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Recall@1" in result.stdout
@@ -157,15 +160,53 @@ def test_bag_eval_cli_scores_the_live_node(sim_bag, lite_checkpoint, lite_map, t
     assert loop_closure["lc_queries"] == report["queries_answered"]
     assert None not in loop_closure["pr_curve"]["thresholds"]
     assert loop_closure["unverified_recall"] == pytest.approx(paper["recall@1"])
-    assert 0.0 <= report["max_f1"] <= 1.0 and report["verified_precision"] is None
+    assert 0.0 <= report["max_f1"] <= 1.0
     assert "loop closures: max F1" in result.stdout
+    # The first query cannot be confirmed (N = 2): verified + unverified = answered, the rest the verifier's call.
+    assert report["verify"] == "sequence" and report["sequence"]["length"] == 2 and report["sequence_odometry"]
+    assert report["verified_matches"] + report["unverified_queries"] == report["queries_answered"]
+    assert report["verified_matches"] <= report["queries_answered"] - 1 and "verified (sequence)" in result.stdout
+    assert report["verified_precision"] is None or 0.0 <= report["verified_precision"] <= 1.0
     assert (tmp_path / "eval_pr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bag_eval_sequence_figures_of_known_matches(sim_bag, lite_map):
+    """`--verify sequence` on what a node published (no node here: the recording is made up). Matches
+    that follow the drive are confirmed once the window is full; the same keyframes in reverse order
+    (a look-alike driven the other way) never are."""
+    from cmirl_ros.localization.sequence import SequenceConfig
+    from cmirl_ros.mapdb import MapDatabase
+    from cmirl_ros.ros.bag_eval import Recorded, sequence_figures
+
+    bag, mapdb = BagSequence(sim_bag), MapDatabase.load(lite_map)
+    keyframes = mapdb.keyframes.positions
+    nearest = np.linalg.norm(bag.poses[:, None, :3, 3] - keyframes[None], axis=2).argmin(1)
+    travelled = np.linalg.norm(np.diff(bag.poses[:, :3, 3], axis=0), axis=1).sum()
+    assert travelled > 25.0, "the drive must be long enough for a reversed path to stand out"
+    config = SequenceConfig(length=6, tolerance_m=3.0)
+
+    def recorded(order):
+        n = len(bag.stamps)
+        return Recorded(stamps=bag.stamps, frame_ids=["map"] * n, candidates=[keyframes[order[i]][None] for i in range(n)],
+                        loop_closures=np.column_stack([bag.stamps, bag.stamps, np.full(n, 0.5)]),
+                        receive_times=bag.stamps, diagnostics=[])
+
+    following = sequence_figures(recorded(nearest), bag, mapdb, 10.0, 0.0, config, odometry=True)
+    n = len(bag.stamps)
+    assert following["verified_matches"] == n - 5 and following["unverified_queries"] == 5  # the first window fills
+    assert following["verified_precision"] == 1.0 and following["verified_recall"] == pytest.approx((n - 5) / n)
+    assert following["revisit_queries"] == n and following["pose_error_m_p50"] < 1.5
+    reversed_ = sequence_figures(recorded(nearest[::-1]), bag, mapdb, 10.0, 0.0, config, odometry=True)
+    assert reversed_["verified_matches"] == 0 and reversed_["verified_precision"] is None
 
 
 def test_bag_cli_errors_are_clean(tmp_path):
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(tmp_path), "--map", str(tmp_path / "nomap")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nomap" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "eval", str(tmp_path), "--map", str(tmp_path),
+                             "--verify", "registration"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "add --use-scan" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "cmirl_ros.cli", "bag", "play", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a rosbag2 bag" in result.stderr

@@ -47,7 +47,8 @@ def replay(drive, map_name: str, workdir: Path) -> tuple[dict, dict, dict]:
     from cmirl_ros.ros.bag_eval import OUTPUTS, evaluate_bag, read_recording
 
     result = evaluate_bag(drive["bag"], drive["maps"][map_name], MODEL, device="cpu", workdir=workdir, use_scan=True,
-                          node_params={"calib_file": str(drive["calib"]), "verify": "registration"}, log=lambda _: None)
+                          node_params={"calib_file": str(drive["calib"])}, log=lambda _: None,
+                          verify="registration", exclude_seconds=0.0)  # the near map shares the queries' stamps
     return result, published_positions(workdir / "outputs", OUTPUTS["match"]), read_recording(workdir / "outputs").diagnostics[-1]
 
 
@@ -89,6 +90,10 @@ def test_node_publishes_only_verified_matches_at_refined_poses(drive, tmp_path):
     assert errors.max() < 1.0, errors
     assert (keyframe_offsets > 1.0).all(), "the keyframes must lie away from the queries, or refinement is untested"
     assert result["loop_closures"] == 0, "~/loop_closure carries live session-map pairs only (session_map is off)"
+    # bag eval's verified figures: every published match verified, each within 1 m / 5 degrees.
+    assert result["verify"] == "registration" and result["verified_matches"] == len(positions)
+    assert result["verified_precision"] == 1.0 and result["unverified_queries"] == int(diagnostics["unverified"])
+    assert result["verified_recall"] == len(positions) / result["revisit_queries"] and result["pose_error_m_p50"] < 1.0
 
 
 @pytest.mark.slow
@@ -100,6 +105,7 @@ def test_node_without_a_true_place_publishes_nothing(drive, tmp_path):
     result, positions, diagnostics = replay(drive, "other", tmp_path / "other")
     print(f"no true place: {len(positions)} matches, diagnostics {diagnostics}")
     assert positions == {} and result["loop_closures"] == 0
+    assert result["verified_matches"] == 0 and result["verified_precision"] is None and result["revisit_queries"] == 0
     assert int(diagnostics["verified"]) == 0
     assert int(diagnostics["unverified"]) >= result["images_played"] // 2, (result, diagnostics)
 
