@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cmirl_ros.geometry.poses import place_matches, time_exclusion
+from cmirl_ros.geometry.frames import pose_2d
+from cmirl_ros.geometry.poses import nearest_stamps, place_matches, revisit_mask, time_exclusion
 
 PROTOCOLS = ("paper", "revisit")
 
@@ -403,3 +404,54 @@ def pose_error_medians(pose_error: np.ndarray | None, selected: np.ndarray) -> d
     errors = np.zeros((0, 2)) if pose_error is None else np.asarray(pose_error, np.float64).reshape(-1, 2)[selected]
     return {"pose_error_m_p50": float(np.median(errors[:, 0])) if len(errors) else None,
             "pose_error_deg_p50": float(np.median(errors[:, 1])) if len(errors) else None}
+
+
+# A SLAM front end's view of a live run (`cmirl demo`): the loop closures a node published within its
+# own session as [query_stamp, matched_stamp] pairs (LIO-SAM's form), and the poses it published on
+# /initialpose, scored against the drive's ground truth (base poses in the map frame, one per frame).
+# A pair is true when the ground-truth positions at its two stamps are within `radius` (a stamp that
+# names no frame of the drive makes it false). The true revisits are the frames with an earlier frame,
+# older by more than `min_gap` s, within `radius` (the closures a detector with that gap can find);
+# recall is the share of them that got at least one true closure as query, precision the share of
+# published pairs that are true (each message counts, duplicates included).
+
+def session_loop_closure_figures(pairs: np.ndarray, stamps: np.ndarray, poses: np.ndarray, radius: float,
+                                 min_gap: float) -> dict:
+    """Figures of published (L, 2) [query_stamp, matched_stamp] pairs over a drive of N frames
+    (`stamps` (N,), ground-truth `poses` (N,4,4)); see the section comment."""
+    pairs = np.asarray(pairs, np.float64).reshape(-1, 2)
+    query, matched = (nearest_stamps(pairs[:, k], stamps, tolerance=1e-3) for k in (0, 1))
+    known = (query >= 0) & (matched >= 0)
+    positions = np.asarray(poses, np.float64)[:, :3, 3]
+    distance = np.full(len(pairs), np.inf)
+    distance[known] = np.linalg.norm(positions[query[known]] - positions[matched[known]], axis=1)
+    true_pair = distance < radius
+    revisits = revisit_mask(poses, stamps, radius, min_gap)
+    recalled = np.zeros(len(stamps), bool)
+    recalled[query[true_pair]] = True
+    return {"loop_closures_published": int(len(pairs)), "loop_closures_true": int(true_pair.sum()),
+            "loop_closure_precision": float(true_pair.mean()) if len(pairs) else None,
+            "loop_closure_recall": recall(recalled, revisits),
+            "loop_closure_revisit_frames": int(revisits.sum()), "loop_closure_unknown_stamps": int((~known).sum()),
+            "loop_closure_radius_m": float(radius), "loop_closure_min_gap_s": float(min_gap)}
+
+
+def relocalization_figures(published: np.ndarray, published_stamps: np.ndarray, stamps: np.ndarray,
+                           poses: np.ndarray) -> dict:
+    """Errors of published relocalization poses (R,4,4) (base in the map frame, stamped with the query
+    they come from) against ground truth (`stamps` (N,), `poses` (N,4,4)): position (m, 3D) and yaw
+    (deg, about the map's z). `relocalization_error_m` is the worst one; None without a relocalization
+    or when a stamp names no frame of the drive (counted in `relocalization_unknown_stamps`)."""
+    published = np.asarray(published, np.float64).reshape(-1, 4, 4)
+    frames = nearest_stamps(np.asarray(published_stamps, np.float64), stamps, tolerance=1e-3)
+    known = frames >= 0
+    truth = np.asarray(poses, np.float64)[frames[known]]
+    position = np.linalg.norm(published[known, :3, 3] - truth[:, :3, 3], axis=1)
+    yaw_error = np.array([pose_2d(a)[2] - pose_2d(b)[2] for a, b in zip(published[known], truth)])
+    yaw = np.degrees(np.abs((yaw_error + np.pi) % (2 * np.pi) - np.pi))
+    complete = bool(len(published)) and bool(known.all())
+    return {"relocalizations": int(len(published)), "relocalization_unknown_stamps": int((~known).sum()),
+            "relocalization_error_m": float(position.max()) if complete else None,
+            "relocalization_yaw_error_deg": float(yaw.max()) if complete else None,
+            "relocalization_errors_m": _floats(position)}
+

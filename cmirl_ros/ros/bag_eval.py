@@ -22,6 +22,7 @@ import numpy as np
 
 from cmirl_ros.datasets.bag import BagSequence, typestore
 from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
+from cmirl_ros.geometry.poses import nearest_stamps
 from cmirl_ros.ros.processes import start_localizer, start_recorder
 from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
 
@@ -86,21 +87,6 @@ def read_recording(path: Path) -> Recorded:
         receive_times=np.array([matches[k][2] for k in keys]),
         diagnostics=diagnostics,
     )
-
-
-def nearest_stamps(stamps: np.ndarray, reference: np.ndarray, tolerance: float = 1e-5) -> np.ndarray:
-    """Index of the reference stamp equal to each stamp (within float error of epoch seconds), or -1."""
-    reference = np.asarray(reference, dtype=np.float64)
-    if len(reference) == 0:
-        return np.full(len(stamps), -1, dtype=np.int64)
-    order = np.argsort(reference)
-    sorted_ref = reference[order]
-    pos = np.clip(np.searchsorted(sorted_ref, stamps), 1, max(len(sorted_ref) - 1, 1))
-    left = np.clip(pos - 1, 0, len(sorted_ref) - 1)
-    right = np.clip(pos, 0, len(sorted_ref) - 1)
-    best = np.where(np.abs(sorted_ref[left] - stamps) <= np.abs(sorted_ref[right] - stamps), left, right)
-    found = np.abs(sorted_ref[best] - stamps) <= tolerance
-    return np.where(found, order[best], -1)
 
 
 def candidate_ids(candidates: np.ndarray, keyframe_positions: np.ndarray) -> np.ndarray:
