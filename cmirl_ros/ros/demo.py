@@ -316,7 +316,7 @@ def plot_demo(path: Path, stamps, T_map_base, keyframes, outputs: dict, summary:
     ax.set_title(f"cmirl demo: loop closures {figures}")
     ax.set_xlabel("map x (m)")
     ax.set_ylabel("map y (m)")
-    ax.set_aspect("equal")
+    ax.set_aspect("equal", adjustable="datalim")
     ax.legend(loc="best", fontsize=8)
     times.plot([stamps[0], stamps[-1]], [stamps[0], stamps[-1]], color="0.85", lw=1)
     times.set_xlabel("query stamp (s)")

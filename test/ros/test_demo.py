@@ -2,6 +2,9 @@
 (the demo itself is `make demo`)."""
 from __future__ import annotations
 
+import signal
+import time
+
 import numpy as np
 
 from cmirl_ros.ros import demo
@@ -57,3 +60,52 @@ def test_slam_outputs_are_scored_summarised_and_plotted(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "19 published, precision 94.7%, recall 90.0% of 20 true revisits" in printed
     assert "error 0.20 m" in printed
+
+
+def test_recorded_slam_outputs_read_back(ros_workdir):
+    """The recorder (another process) writes LoopClosure (generated type, registered from its .msg) and
+    /initialpose; `read_slam_outputs` parses them and drops a ~/loop_closure that is not 2 values."""
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Float64MultiArray
+
+    from cmirl_ros.ros.bag_eval import OUTPUTS, SLAM_OUTPUTS, read_slam_outputs
+    from cmirl_ros.ros.conversions import seconds_to_stamp
+    from cmirl_ros.ros.interfaces import loop_closure_type
+    from cmirl_ros.ros.processes import start_recorder
+
+    topics = {OUTPUTS["loop_closure"]: Float64MultiArray, SLAM_OUTPUTS["loop_closure_edge"]: loop_closure_type(),
+              SLAM_OUTPUTS["loop_closure_rejected"]: loop_closure_type(), SLAM_OUTPUTS["initialpose"]: PoseWithCovarianceStamped}
+    recorder = start_recorder(ros_workdir / "outputs", list(topics), ros_workdir)
+    rclpy.init()
+    node = rclpy.create_node("cmirl_slam_outputs_test")
+    try:
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        publishers = {topic: node.create_publisher(cls, topic, reliable) for topic, cls in topics.items()}
+        for topic in topics:
+            recorder.wait_for(f"recording {topic}", 30)
+        deadline = time.monotonic() + 20
+        while any(p.get_subscription_count() == 0 for p in publishers.values()):
+            assert time.monotonic() < deadline, "the recorder never subscribed"
+            rclpy.spin_once(node, timeout_sec=0.05)
+        publishers[OUTPUTS["loop_closure"]].publish(Float64MultiArray(data=[160.5, 12.25]))
+        publishers[OUTPUTS["loop_closure"]].publish(Float64MultiArray(data=[1.0, 2.0, 3.0]))
+        edge = loop_closure_type()(query_stamp=seconds_to_stamp(160.5), matched_stamp=seconds_to_stamp(12.25),
+                                   score=0.75, fitness=0.5)
+        publishers[SLAM_OUTPUTS["loop_closure_edge"]].publish(edge)
+        pose = PoseWithCovarianceStamped()
+        pose.header.stamp, pose.header.frame_id = seconds_to_stamp(3.5), "map"
+        pose.pose.pose.position.x, pose.pose.pose.orientation.w = 4.0, 1.0
+        publishers[SLAM_OUTPUTS["initialpose"]].publish(pose)
+        time.sleep(1.0)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        recorder.stop(signal.SIGINT)
+    outputs = read_slam_outputs(ros_workdir / "outputs")
+    assert outputs["loop_closures"] == [[160.5, 12.25]] and outputs["malformed_loop_closures"] == 1
+    assert outputs["edges"] == [[160.5, 12.25, 0.75, 0.5]] and outputs["rejected"] == []
+    (initialpose,) = outputs["initialposes"]
+    assert initialpose["stamp"] == 3.5 and initialpose["frame_id"] == "map"
+    np.testing.assert_allclose(np.array(initialpose["pose"])[:3, 3], [4.0, 0.0, 0.0])
