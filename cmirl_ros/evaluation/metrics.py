@@ -411,14 +411,17 @@ def pose_error_medians(pose_error: np.ndarray | None, selected: np.ndarray) -> d
 # /initialpose, scored against the drive's ground truth (base poses in the map frame, one per frame).
 # A pair is true when the ground-truth positions at its two stamps are within `radius` (a stamp that
 # names no frame of the drive makes it false). The true revisits are the frames with an earlier frame,
-# older by more than `min_gap` s, within `radius` (the closures a detector with that gap can find);
-# recall is the share of them that got at least one true closure as query, precision the share of
-# published pairs that are true (each message counts, duplicates included).
+# older by more than `min_gap` s (the detector's own gap), within `revisit_radius` (default `radius`):
+# a tighter revisit radius counts only the places a detector must close, while a pair a little
+# farther apart that registration aligns is still a true closure. Recall is the share of true
+# revisits that got at least one true pair as query, precision the share of published pairs that
+# are true (each message counts, duplicates included).
 
 def session_loop_closure_figures(pairs: np.ndarray, stamps: np.ndarray, poses: np.ndarray, radius: float,
-                                 min_gap: float) -> dict:
+                                 min_gap: float, revisit_radius: float | None = None) -> dict:
     """Figures of published (L, 2) [query_stamp, matched_stamp] pairs over a drive of N frames
     (`stamps` (N,), ground-truth `poses` (N,4,4)); see the section comment."""
+    revisit_radius = radius if revisit_radius is None else revisit_radius
     pairs = np.asarray(pairs, np.float64).reshape(-1, 2)
     query, matched = (nearest_stamps(pairs[:, k], stamps, tolerance=1e-3) for k in (0, 1))
     known = (query >= 0) & (matched >= 0)
@@ -426,14 +429,15 @@ def session_loop_closure_figures(pairs: np.ndarray, stamps: np.ndarray, poses: n
     distance = np.full(len(pairs), np.inf)
     distance[known] = np.linalg.norm(positions[query[known]] - positions[matched[known]], axis=1)
     true_pair = distance < radius
-    revisits = revisit_mask(poses, stamps, radius, min_gap)
+    revisits = revisit_mask(poses, stamps, revisit_radius, min_gap)
     recalled = np.zeros(len(stamps), bool)
     recalled[query[true_pair]] = True
     return {"loop_closures_published": int(len(pairs)), "loop_closures_true": int(true_pair.sum()),
             "loop_closure_precision": float(true_pair.mean()) if len(pairs) else None,
             "loop_closure_recall": recall(recalled, revisits),
             "loop_closure_revisit_frames": int(revisits.sum()), "loop_closure_unknown_stamps": int((~known).sum()),
-            "loop_closure_radius_m": float(radius), "loop_closure_min_gap_s": float(min_gap)}
+            "loop_closure_radius_m": float(radius), "loop_closure_revisit_radius_m": float(revisit_radius),
+            "loop_closure_min_gap_s": float(min_gap)}
 
 
 def relocalization_figures(published: np.ndarray, published_stamps: np.ndarray, stamps: np.ndarray,

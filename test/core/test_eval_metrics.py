@@ -182,6 +182,10 @@ def test_session_loop_closures_by_hand():
     assert figures["loop_closure_precision"] == pytest.approx(3 / 5)
     assert figures["loop_closure_revisit_frames"] == 5 and figures["loop_closure_unknown_stamps"] == 1
     assert figures["loop_closure_recall"] == pytest.approx(2 / 5)  # frames 100 and 101 recalled, once each
+    # 6 m counts as the same place, but only the revisits within 1.5 m must be closed.
+    figures = session_loop_closure_figures(np.array(pairs), stamps, poses, radius=7.0, min_gap=30.0, revisit_radius=1.5)
+    assert figures["loop_closures_true"] == 4 and figures["loop_closure_revisit_frames"] == 5
+    assert figures["loop_closure_recall"] == pytest.approx(3 / 5)
     # A gap longer than the drive leaves no revisit to recall; nothing published has no precision.
     figures = session_loop_closure_figures(np.zeros((0, 2)), stamps, poses, radius=1.5, min_gap=200.0)
     assert figures["loop_closure_recall"] is None and figures["loop_closure_precision"] is None
