@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cmirl_ros.datasets.bag import BagSequence, pose_to_matrix
+from cmirl_ros.datasets.bag import BagSequence
 from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
 from cmirl_ros.geometry.poses import nearest_stamps
-from cmirl_ros.ros.interfaces import bag_typestore
 from cmirl_ros.ros.processes import start_localizer, start_recorder
 from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
 
@@ -69,7 +68,9 @@ class Recorded:
 def read_recording(path: Path) -> Recorded:
     from rosbags.rosbag2 import Reader
 
-    store = bag_typestore()
+    from cmirl_ros.ros.interfaces import interfaces_typestore
+
+    store = interfaces_typestore()
     matches, candidates, loops, diagnostics = {}, {}, [], []
     with Reader(path) as reader:
         for connection, bag_time, raw in reader.messages():
@@ -104,9 +105,11 @@ def read_slam_outputs(path: Path) -> dict:
     LoopClosure, `initialposes` {stamp, frame_id, pose (4x4)} of each /initialpose."""
     from rosbags.rosbag2 import Reader
 
+    from cmirl_ros.datasets.bag import pose_to_matrix
+    from cmirl_ros.ros.interfaces import interfaces_typestore
     from cmirl_ros.sensor_decoding import stamp_to_seconds
 
-    store = bag_typestore()
+    store = interfaces_typestore()
     topics = {OUTPUTS["loop_closure"]: "loop_closures", **{v: k for k, v in SLAM_OUTPUTS.items()}}
     out = {"loop_closures": [], "malformed_loop_closures": 0, "edges": [], "rejected": [], "initialposes": []}
     with Reader(path) as reader:

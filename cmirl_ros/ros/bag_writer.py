@@ -114,11 +114,11 @@ def image_message(rgb: np.ndarray, stamp, compressed: bool):
 
 
 def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, compressed: bool = False,
-                           with_odom_tf: bool = False) -> Path:
+                           odometry_tf: bool = False) -> Path:
     """Write every frame of a KITTI-layout dataset to a rosbag2 (mcap) directory; returns it.
 
     compressed: images as jpeg CompressedImage on `<image topic>/compressed` (image_transport's
-    name) instead of raw Image. with_odom_tf: /tf odom -> base_link at each frame (`odom_poses`),
+    name) instead of raw Image. odometry_tf: /tf odom -> base_link at each frame (`odom_poses`),
     written before the frame's sensor messages. Written to a temporary sibling and renamed at the end, so an
     interrupted run leaves no half bag."""
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -135,7 +135,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
         topics, types = dict(BAG_TOPICS), dict(TYPES)
         if compressed:
             topics["image"], types["image"] = BAG_TOPICS["image"] + COMPRESSED_SUFFIX, COMPRESSED_TYPE
-        if with_odom_tf:
+        if odometry_tf:
             topics["tf"], types["tf"] = TF_TOPIC, TYPES["tf_static"]
             odometry = odom_poses(dataset)
         connections = {role: writer.add_connection(topics[role], msgtype, typestore=store) for role, msgtype in types.items()}
@@ -145,7 +145,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
             time_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
             if i == 0:
                 writer.write(connections["tf_static"], time_ns, serialize_message(robot_tf_static(stamp, calib.T_cam_sensor)))
-            if with_odom_tf:
+            if odometry_tf:
                 writer.write(connections["tf"], time_ns, serialize_message(odom_tf(stamp, odometry[i])))
             writer.write(connections["camera_info"], time_ns,
                          serialize_message(camera_info_msg(K, width, height, stamp=stamp, frame_id=CAMERA_FRAME)))

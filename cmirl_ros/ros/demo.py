@@ -174,6 +174,7 @@ def source_of(target: Path) -> dict:
 def build_or_reuse_map(sim_root: Path, model, out: Path, keyframe_distance: float) -> Path:
     """The prior map, with keyframe clouds (registration verifies against them)."""
     from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.formats import MAP_FORMAT_VERSION
     from cmirl_ros.mapdb import build_map
     from cmirl_ros.mapdb.clouds import DEFAULT_VOXEL_M
     from cmirl_ros.models import model_fingerprint
@@ -185,8 +186,8 @@ def build_or_reuse_map(sim_root: Path, model, out: Path, keyframe_distance: floa
                           cloud_voxel=DEFAULT_VOXEL_M)
         mapdb.save(map_dir, overwrite=True)
 
-    source = {"drive": source_of(sim_root), "model": model_fingerprint(model), "keyframe_distance_m": keyframe_distance,
-              "cloud_voxel_m": DEFAULT_VOXEL_M}
+    source = {"drive": source_of(sim_root), "format": MAP_FORMAT_VERSION, "model": model_fingerprint(model),
+              "keyframe_distance_m": keyframe_distance, "cloud_voxel_m": DEFAULT_VOXEL_M}
     return cached(map_dir, source, build, f"the prior map ({model.name})")
 
 
@@ -196,7 +197,7 @@ def write_or_reuse_bag(sim_root: Path, out: Path) -> Path:
 
     bag = out / "bag"
     return cached(bag, {"drive": source_of(sim_root), "format": BAG_FORMAT},
-                  lambda: write_bag_from_dataset(KittiSequence(sim_root, SEQ), bag, compressed=True, with_odom_tf=True),
+                  lambda: write_bag_from_dataset(KittiSequence(sim_root, SEQ), bag, compressed=True, odometry_tf=True),
                   "the live drive's rosbag2 (mcap)")
 
 

@@ -134,7 +134,7 @@ def message_class(msgtype: str):
     return getattr(importlib.import_module(f"{package}.msg"), name, None)
 
 
-def bag_typestore():
+def interfaces_typestore():
     """The rosbags typestore of bags (`cmirl_ros.datasets.bag.typestore`) with our generated packages'
     messages registered from their installed .msg files (<prefix>/share/<package>/msg), so that a
     recorder can write, and a reader parse, what the node publishes in them (LoopClosure, ...)."""

@@ -14,8 +14,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from cmirl_ros.ros.interfaces import bag_typestore, message_class
-
+from cmirl_ros.ros.interfaces import interfaces_typestore, message_class
 
 READY_LOG = "recorder ready"
 
@@ -25,7 +24,7 @@ class Recorder:
         self.node, self.writer = node, writer
         self.pending = set(topics)
         self.counts = {topic: 0 for topic in topics}
-        self._store = bag_typestore()
+        self._store = interfaces_typestore()
         self._subscriptions = []
         node.create_timer(0.1, self._discover)
 

@@ -224,8 +224,8 @@ def test_compressed_bag_with_tf_tree_reads_back_with_the_kitti_frames_and_calibr
         np.testing.assert_array_equal(a.points, b.points)
 
 
-def test_bag_with_odom_tf_carries_the_ground_truth_base_motion_from_the_first_pose(sim_root, tmp_path):
-    """`with_odom_tf` (the demo's bag): /tf odom -> base_link at every frame stamp, before the frame's
+def test_bag_odometry_tf_carries_the_ground_truth_base_motion_from_the_first_pose(sim_root, tmp_path):
+    """`odometry_tf` (the demo's bag): /tf odom -> base_link at every frame stamp, before the frame's
     image; odom is the first base pose (REP 105: base x forward), and odom -> base chains the map's base poses."""
     from rosbags.rosbag2 import Reader
 
@@ -235,7 +235,7 @@ def test_bag_with_odom_tf_carries_the_ground_truth_base_motion_from_the_first_po
     from cmirl_ros.ros.bag_writer import write_bag_from_dataset
 
     kitti = KittiSequence(sim_root, "00", slice(0, 10))
-    bag = write_bag_from_dataset(kitti, tmp_path / "odom.mcap", progress=False, compressed=True, with_odom_tf=True)
+    bag = write_bag_from_dataset(kitti, tmp_path / "odom.mcap", progress=False, compressed=True, odometry_tf=True)
     store, odom, order = typestore(), [], []
     with Reader(bag) as reader:
         for connection, bag_time, raw in reader.messages():
