@@ -409,32 +409,47 @@ def pose_error_medians(pose_error: np.ndarray | None, selected: np.ndarray) -> d
 # A SLAM front end's view of a live run (`cmirl demo`): the loop closures a node published within its
 # own session as [query_stamp, matched_stamp] pairs (LIO-SAM's form), and the poses it published on
 # /initialpose, scored against the drive's ground truth (base poses in the map frame, one per frame).
-# A pair is true when the ground-truth positions at its two stamps are within `radius` (a stamp that
-# names no frame of the drive makes it false). The true revisits are the frames with an earlier frame,
-# older by more than `min_gap` s (the detector's own gap), within `revisit_radius` (default `radius`):
-# a tighter revisit radius counts only the places a detector must close, while a pair a little
-# farther apart that registration aligns is still a true closure. Recall is the share of true
-# revisits that got at least one true pair as query, precision the share of published pairs that
-# are true (each message counts, duplicates included).
+# A pair is a true closure when the constraint it gives a back end is right: its published relative
+# pose T_matched_query (the LoopClosure edge of the same pair) within 1 m / 5 deg of ground truth
+# (`poses_within`). Registration aligns scans tens of metres apart, so a pair can be farther apart
+# than a place-recognition radius and still exactly right; the radius view is reported beside it
+# (`loop_closure_place_precision`: the two places within `radius`), and a pair without a relative
+# pose is judged by it. A stamp that names no frame of the drive makes a pair false. The true
+# revisits are the frames with an earlier frame, older by more than `min_gap` s (the detector's own
+# gap), within `revisit_radius` (default `radius`); recall is the share of them that got at least one
+# true pair as query, precision the share of published pairs that are true (each message counts).
 
 def session_loop_closure_figures(pairs: np.ndarray, stamps: np.ndarray, poses: np.ndarray, radius: float,
-                                 min_gap: float, revisit_radius: float | None = None) -> dict:
+                                 min_gap: float, revisit_radius: float | None = None,
+                                 relative_poses: np.ndarray | None = None) -> dict:
     """Figures of published (L, 2) [query_stamp, matched_stamp] pairs over a drive of N frames
-    (`stamps` (N,), ground-truth `poses` (N,4,4)); see the section comment."""
+    (`stamps` (N,), ground-truth `poses` (N,4,4)); `relative_poses` (L,4,4): each pair's published
+    T_matched_query, NaN where it has none. See the section comment."""
     revisit_radius = radius if revisit_radius is None else revisit_radius
     pairs = np.asarray(pairs, np.float64).reshape(-1, 2)
     query, matched = (nearest_stamps(pairs[:, k], stamps, tolerance=1e-3) for k in (0, 1))
     known = (query >= 0) & (matched >= 0)
-    positions = np.asarray(poses, np.float64)[:, :3, 3]
+    poses = np.asarray(poses, np.float64)
     distance = np.full(len(pairs), np.inf)
-    distance[known] = np.linalg.norm(positions[query[known]] - positions[matched[known]], axis=1)
-    true_pair = distance < radius
+    distance[known] = np.linalg.norm(poses[query[known], :3, 3] - poses[matched[known], :3, 3], axis=1)
+    within = distance < radius
+    relative = np.full((len(pairs), 4, 4), np.nan) if relative_poses is None else \
+        np.asarray(relative_poses, np.float64).reshape(-1, 4, 4)
+    has_pose = known & np.isfinite(relative).all(axis=(1, 2))
+    error = np.full((len(pairs), 2), np.nan)
+    truth = np.linalg.inv(poses[matched[has_pose]]) @ poses[query[has_pose]]
+    error[has_pose] = pose_errors(relative[has_pose], truth)
+    true_pair = np.where(has_pose, poses_within(error), within)
     revisits = revisit_mask(poses, stamps, revisit_radius, min_gap)
     recalled = np.zeros(len(stamps), bool)
     recalled[query[true_pair]] = True
     return {"loop_closures_published": int(len(pairs)), "loop_closures_true": int(true_pair.sum()),
             "loop_closure_precision": float(true_pair.mean()) if len(pairs) else None,
             "loop_closure_recall": recall(recalled, revisits),
+            "loop_closure_place_precision": float(within.mean()) if len(pairs) else None,
+            "loop_closure_pose_error_m_max": float(error[has_pose, 0].max()) if has_pose.any() else None,
+            "loop_closure_pose_error_deg_max": float(error[has_pose, 1].max()) if has_pose.any() else None,
+            "loop_closures_without_pose": int((~has_pose).sum()),
             "loop_closure_revisit_frames": int(revisits.sum()), "loop_closure_unknown_stamps": int((~known).sum()),
             "loop_closure_radius_m": float(radius), "loop_closure_revisit_radius_m": float(revisit_radius),
             "loop_closure_min_gap_s": float(min_gap)}

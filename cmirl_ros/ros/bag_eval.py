@@ -101,8 +101,8 @@ def read_recording(path: Path) -> Recorded:
 def read_slam_outputs(path: Path) -> dict:
     """The SLAM-facing outputs of a recording, as JSON-ready lists: `loop_closures` [query_stamp,
     matched_stamp] of each ~/loop_closure (exactly 2 values; other sizes are counted in
-    `malformed_loop_closures`), `edges` / `rejected` [query_stamp, matched_stamp, score, fitness] of each
-    LoopClosure, `initialposes` {stamp, frame_id, pose (4x4)} of each /initialpose."""
+    `malformed_loop_closures`), `edges` / `rejected` {query_stamp, matched_stamp, score, fitness,
+    relative_pose (4x4)} of each LoopClosure, `initialposes` {stamp, frame_id, pose (4x4)} of each /initialpose."""
     from rosbags.rosbag2 import Reader
 
     from cmirl_ros.datasets.bag import pose_to_matrix
@@ -127,8 +127,9 @@ def read_slam_outputs(path: Path) -> dict:
                                             "pose": pose_to_matrix(msg.pose.pose).tolist()})
             else:
                 key = "edges" if role == "loop_closure_edge" else "rejected"
-                out[key].append([stamp_to_seconds(msg.query_stamp), stamp_to_seconds(msg.matched_stamp),
-                                 float(msg.score), float(msg.fitness)])
+                out[key].append({"query_stamp": stamp_to_seconds(msg.query_stamp),
+                                 "matched_stamp": stamp_to_seconds(msg.matched_stamp), "score": float(msg.score),
+                                 "fitness": float(msg.fitness), "relative_pose": pose_to_matrix(msg.relative_pose).tolist()})
     return out
 
 

@@ -211,14 +211,26 @@ def ground_truth(sim_root: Path):
     return drive.stamps, base_pose_in_map(drive.poses, kitti_T_base_cam(drive.calib.T_cam_sensor))
 
 
+def edge_poses(pairs, edges: list[dict]):
+    """(L,4,4) the relative pose of the ~/loop_closure_edge with each pair's two stamps (NaN where none)."""
+    import numpy as np
+
+    poses = np.full((len(pairs), 4, 4), np.nan)
+    by_stamps = {(round(e["query_stamp"], 6), round(e["matched_stamp"], 6)): e["relative_pose"] for e in edges}
+    for k, (query, matched) in enumerate(pairs):
+        poses[k] = by_stamps.get((round(query, 6), round(matched, 6)), np.nan)
+    return poses
+
+
 def score_slam(outputs: dict, stamps, T_map_base) -> dict:
     """Loop-closure and relocalization figures of the node's SLAM outputs against ground truth."""
     import numpy as np
 
     from cmirl_ros.evaluation.metrics import relocalization_figures, session_loop_closure_figures
 
-    figures = session_loop_closure_figures(np.array(outputs["loop_closures"]).reshape(-1, 2), stamps, T_map_base,
-                                           LOOP_CLOSURE_RADIUS_M, LOOP_CLOSURE_MIN_GAP_S, REVISIT_RADIUS_M)
+    pairs = np.array(outputs["loop_closures"], np.float64).reshape(-1, 2)
+    figures = session_loop_closure_figures(pairs, stamps, T_map_base, LOOP_CLOSURE_RADIUS_M, LOOP_CLOSURE_MIN_GAP_S,
+                                           REVISIT_RADIUS_M, edge_poses(pairs, outputs["edges"]))
     poses = [p["pose"] for p in outputs["initialposes"]]
     figures.update(relocalization_figures(np.array(poses).reshape(-1, 4, 4), [p["stamp"] for p in outputs["initialposes"]],
                                           stamps, T_map_base))
@@ -269,10 +281,11 @@ def print_summary(summary: dict, plot: Path) -> None:
     print(f"demo: Recall@1 {pct(summary['recall@1'])} on the prior map (image+scan queries, correct within "
           f"{summary['radius_m']:.0f} m), revisits only {pct(summary['revisit_recall@1'])} over {summary['revisit_queries']} queries")
     print(f"demo: loop closures: {summary['loop_closures_published']} published, precision "
-          f"{pct(summary['loop_closure_precision'])}, recall {pct(summary['loop_closure_recall'])} of "
-          f"{summary['loop_closure_revisit_frames']} true revisits (within {summary['loop_closure_revisit_radius_m']:.0f} m, "
-          f"> {summary['loop_closure_min_gap_s']:.0f} s earlier; a pair is true within {summary['loop_closure_radius_m']:.0f} m); "
-          f"{summary['loop_closures_rejected']} rejected by verification")
+          f"{pct(summary['loop_closure_precision'])} (relative pose within 1 m / 5 deg of the truth), recall "
+          f"{pct(summary['loop_closure_recall'])} of {summary['loop_closure_revisit_frames']} true revisits (within "
+          f"{summary['loop_closure_revisit_radius_m']:.0f} m, > {summary['loop_closure_min_gap_s']:.0f} s earlier); "
+          f"{pct(summary['loop_closure_place_precision'])} within {summary['loop_closure_radius_m']:.0f} m of each other; "
+          f"{summary['loop_closures_rejected']} candidates rejected by verification")
     if summary["relocalization_error_m"] is None:
         print(f"demo: relocalization: {summary['relocalizations']} published on /initialpose, "
               f"{summary['relocalization_unknown_stamps']} stamped with no frame of the drive: no error to report")
@@ -299,13 +312,14 @@ def plot_demo(path: Path, stamps, T_map_base, keyframes, outputs: dict, summary:
     fig, (ax, times) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [3, 2]})
     ax.scatter(keyframes[:, 0, 3], keyframes[:, 1, 3], s=6, color="0.55", label="prior map keyframes")
     ax.plot(xy[:, 0], xy[:, 1], color="tab:blue", lw=1, label="live drive (ground truth)")
-    rejected = np.array(outputs["rejected"], np.float64).reshape(-1, 4)[:, :2]
+    rejected = np.array([[e["query_stamp"], e["matched_stamp"]] for e in outputs["rejected"]], np.float64).reshape(-1, 2)
     verified = np.array(outputs["loop_closures"], np.float64).reshape(-1, 2)
-    for pairs, colour, label, z in ((rejected, "0.6", "rejected candidate", 2), (verified, "tab:green", "verified loop closure", 3)):
+    for pairs, colour, label, z, lw in ((rejected, "0.6", "rejected candidate", 2, 0.3),
+                                        (verified, "tab:green", "verified loop closure", 3, 1.2)):
         q, m = nearest_stamps(pairs[:, 0], stamps, 1e-3), nearest_stamps(pairs[:, 1], stamps, 1e-3)
         known = (q >= 0) & (m >= 0)
         for a, b in zip(xy[q[known]], xy[m[known]]):
-            ax.plot([a[0], b[0]], [a[1], b[1]], color=colour, lw=1.5, zorder=z)
+            ax.plot([a[0], b[0]], [a[1], b[1]], color=colour, lw=lw, alpha=0.4 if lw < 1 else 1.0, zorder=z)
         ax.scatter(xy[q[known], 0], xy[q[known], 1], s=14, color=colour, zorder=z, label=f"{label} ({len(pairs)})")
         times.scatter(pairs[:, 0], pairs[:, 1], s=10, color=colour, label=label)
     errors = summary["relocalization_errors_m"]

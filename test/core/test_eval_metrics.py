@@ -186,6 +186,18 @@ def test_session_loop_closures_by_hand():
     figures = session_loop_closure_figures(np.array(pairs), stamps, poses, radius=7.0, min_gap=30.0, revisit_radius=1.5)
     assert figures["loop_closures_true"] == 4 and figures["loop_closure_revisit_frames"] == 5
     assert figures["loop_closure_recall"] == pytest.approx(3 / 5)
+    # With relative poses the constraint decides: the 6 m pair is exact (true at any radius), one of the
+    # close pairs is 2 m off (false), a pair without a pose falls back to the radius.
+    relative = np.full((5, 4, 4), np.nan)
+    relative[0] = np.eye(4)
+    relative[1] = _poses([2.0])[0]
+    relative[3] = np.linalg.inv(poses[8]) @ poses[12]
+    figures = session_loop_closure_figures(np.array(pairs), stamps, poses, radius=1.5, min_gap=30.0,
+                                           relative_poses=relative)
+    assert figures["loop_closures_true"] == 3 and figures["loop_closures_without_pose"] == 2  # pairs 0, 2 (radius), 3
+    assert figures["loop_closure_place_precision"] == pytest.approx(3 / 5)
+    assert figures["loop_closure_pose_error_m_max"] == pytest.approx(2.0)
+    assert figures["loop_closure_recall"] == pytest.approx(3 / 5)  # frames 100, 101 (its second pair), 102
     # A gap longer than the drive leaves no revisit to recall; nothing published has no precision.
     figures = session_loop_closure_figures(np.zeros((0, 2)), stamps, poses, radius=1.5, min_gap=200.0)
     assert figures["loop_closure_recall"] is None and figures["loop_closure_precision"] is None

@@ -39,12 +39,18 @@ def test_slam_outputs_are_scored_summarised_and_plotted(tmp_path, capsys):
     stamps, poses = drive()
     reloc = poses[62].copy()
     reloc[1, 3] += 0.2
+    def edge(query, matched, T):
+        return {"query_stamp": query, "matched_stamp": matched, "score": 0.9, "fitness": 0.5, "relative_pose": T.tolist()}
+
     outputs = {"loop_closures": [[160.0 + k, float(k)] for k in range(18)] + [[179.0, 45.0]],  # 18 true, 1 false
-               "malformed_loop_closures": 0, "edges": [[160.0, 0.0, 0.9, 0.8]], "rejected": [[170.0, 30.0, 0.5, 0.1]],
+               "malformed_loop_closures": 0, "rejected": [edge(170.0, 30.0, np.eye(4))],
+               # the far pair's edge states the true 26 m: a right constraint, judged right
+               "edges": [edge(160.0, 0.0, np.eye(4)), edge(179.0, 45.0, np.linalg.inv(poses[45]) @ poses[79])],
                "initialposes": [{"stamp": 162.0, "frame_id": "map", "pose": reloc.tolist()}]}
     slam = demo.score_slam(outputs, stamps, poses)
     assert slam["loop_closures_published"] == 19 and slam["loop_closure_revisit_frames"] == 20
-    assert slam["loop_closure_precision"] == 18 / 19 and slam["loop_closure_recall"] == 18 / 20
+    assert slam["loop_closure_precision"] == 1.0 and slam["loop_closure_place_precision"] == 18 / 19
+    assert slam["loop_closure_recall"] == 19 / 20 and slam["loop_closures_without_pose"] == 17
     assert abs(slam["relocalization_error_m"] - 0.2) < 1e-9 and slam["loop_closures_rejected"] == 1
     result = {"images_played": 80, "queries_answered": 80, "answered_fraction": 1.0, "latency_ms_p50": 30.0,
               "latency_ms_p95": 50.0, "dropped": 0, "rejected": 0, "model": "m", "radius_m": 10.0,
@@ -58,7 +64,7 @@ def test_slam_outputs_are_scored_summarised_and_plotted(tmp_path, capsys):
     assert plot.stat().st_size > 10_000
     demo.print_summary(summary, plot)
     printed = capsys.readouterr().out
-    assert "19 published, precision 94.7%, recall 90.0% of 20 true revisits" in printed
+    assert "19 published, precision 100.0% (relative pose within 1 m / 5 deg of the truth), recall 95.0% of 20 true" in printed
     assert "error 0.20 m" in printed
 
 
@@ -93,6 +99,7 @@ def test_recorded_slam_outputs_read_back(ros_workdir):
         publishers[OUTPUTS["loop_closure"]].publish(Float64MultiArray(data=[1.0, 2.0, 3.0]))
         edge = loop_closure_type()(query_stamp=seconds_to_stamp(160.5), matched_stamp=seconds_to_stamp(12.25),
                                    score=0.75, fitness=0.5)
+        edge.relative_pose.orientation.w = 1.0
         publishers[SLAM_OUTPUTS["loop_closure_edge"]].publish(edge)
         pose = PoseWithCovarianceStamped()
         pose.header.stamp, pose.header.frame_id = seconds_to_stamp(3.5), "map"
@@ -105,7 +112,8 @@ def test_recorded_slam_outputs_read_back(ros_workdir):
         recorder.stop(signal.SIGINT)
     outputs = read_slam_outputs(ros_workdir / "outputs")
     assert outputs["loop_closures"] == [[160.5, 12.25]] and outputs["malformed_loop_closures"] == 1
-    assert outputs["edges"] == [[160.5, 12.25, 0.75, 0.5]] and outputs["rejected"] == []
+    assert outputs["edges"] == [{"query_stamp": 160.5, "matched_stamp": 12.25, "score": 0.75, "fitness": 0.5,
+                                 "relative_pose": np.eye(4).tolist()}] and outputs["rejected"] == []
     (initialpose,) = outputs["initialposes"]
     assert initialpose["stamp"] == 3.5 and initialpose["frame_id"] == "map"
     np.testing.assert_allclose(np.array(initialpose["pose"])[:3, 3], [4.0, 0.0, 0.0])
