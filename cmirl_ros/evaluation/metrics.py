@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cmirl_ros.geometry.poses import place_matches, time_exclusion
+from cmirl_ros.geometry.frames import pose_2d
+from cmirl_ros.geometry.poses import nearest_stamps, place_matches, revisit_mask, time_exclusion
 
 PROTOCOLS = ("paper", "revisit")
 
@@ -413,3 +414,73 @@ def pose_error_medians(pose_error: np.ndarray | None, selected: np.ndarray) -> d
     errors = np.zeros((0, 2)) if pose_error is None else np.asarray(pose_error, np.float64).reshape(-1, 2)[selected]
     return {"pose_error_m_p50": float(np.median(errors[:, 0])) if len(errors) else None,
             "pose_error_deg_p50": float(np.median(errors[:, 1])) if len(errors) else None}
+
+
+# A SLAM front end's view of a live run (`cmirl demo`): the loop closures a node published within its
+# own session as [query_stamp, matched_stamp] pairs (LIO-SAM's form), and the poses it published on
+# /initialpose, scored against the drive's ground truth (base poses in the map frame, one per frame).
+# A pair is a true closure when the constraint it gives a back end is right: its published relative
+# pose T_matched_query (the LoopClosure edge of the same pair) within 1 m / 5 deg of ground truth
+# (`poses_within`). Registration aligns scans tens of metres apart, so a pair can be farther apart
+# than a place-recognition radius and still exactly right; the radius view is reported beside it
+# (`loop_closure_place_precision`: the two places within `radius`), and a pair without a relative
+# pose is judged by it. A stamp that names no frame of the drive makes a pair false. The true
+# revisits are the frames with an earlier frame, older by more than `min_gap` s (the detector's own
+# gap), within `revisit_radius` (default `radius`); recall is the share of them that got at least one
+# true pair as query, precision the share of published pairs that are true (each message counts).
+
+def session_loop_closure_figures(pairs: np.ndarray, stamps: np.ndarray, poses: np.ndarray, radius: float,
+                                 min_gap: float, revisit_radius: float | None = None,
+                                 relative_poses: np.ndarray | None = None) -> dict:
+    """Figures of published (L, 2) [query_stamp, matched_stamp] pairs over a drive of N frames
+    (`stamps` (N,), ground-truth `poses` (N,4,4)); `relative_poses` (L,4,4): each pair's published
+    T_matched_query, NaN where it has none. See the section comment."""
+    revisit_radius = radius if revisit_radius is None else revisit_radius
+    pairs = np.asarray(pairs, np.float64).reshape(-1, 2)
+    query, matched = (nearest_stamps(pairs[:, k], stamps, tolerance=1e-3) for k in (0, 1))
+    known = (query >= 0) & (matched >= 0)
+    poses = np.asarray(poses, np.float64)
+    distance = np.full(len(pairs), np.inf)
+    distance[known] = np.linalg.norm(poses[query[known], :3, 3] - poses[matched[known], :3, 3], axis=1)
+    within = distance < radius
+    relative = np.full((len(pairs), 4, 4), np.nan) if relative_poses is None else \
+        np.asarray(relative_poses, np.float64).reshape(-1, 4, 4)
+    has_pose = known & np.isfinite(relative).all(axis=(1, 2))
+    error = np.full((len(pairs), 2), np.nan)
+    truth = np.linalg.inv(poses[matched[has_pose]]) @ poses[query[has_pose]]
+    error[has_pose] = pose_errors(relative[has_pose], truth)
+    true_pair = np.where(has_pose, poses_within(error), within)
+    revisits = revisit_mask(poses, stamps, revisit_radius, min_gap)
+    recalled = np.zeros(len(stamps), bool)
+    recalled[query[true_pair]] = True
+    return {"loop_closures_published": int(len(pairs)), "loop_closures_true": int(true_pair.sum()),
+            "loop_closure_precision": float(true_pair.mean()) if len(pairs) else None,
+            "loop_closure_recall": recall(recalled, revisits),
+            "loop_closure_place_precision": float(within.mean()) if len(pairs) else None,
+            "loop_closure_pose_error_m_max": float(error[has_pose, 0].max()) if has_pose.any() else None,
+            "loop_closure_pose_error_deg_max": float(error[has_pose, 1].max()) if has_pose.any() else None,
+            "loop_closures_without_pose": int((~has_pose).sum()),
+            "loop_closure_revisit_frames": int(revisits.sum()), "loop_closure_unknown_stamps": int((~known).sum()),
+            "loop_closure_radius_m": float(radius), "loop_closure_revisit_radius_m": float(revisit_radius),
+            "loop_closure_min_gap_s": float(min_gap)}
+
+
+def relocalization_figures(published: np.ndarray, published_stamps: np.ndarray, stamps: np.ndarray,
+                           poses: np.ndarray) -> dict:
+    """Errors of published relocalization poses (R,4,4) (base in the map frame, stamped with the query
+    they come from) against ground truth (`stamps` (N,), `poses` (N,4,4)): position (m, 3D) and yaw
+    (deg, about the map's z). `relocalization_error_m` is the worst one; None without a relocalization
+    or when a stamp names no frame of the drive (counted in `relocalization_unknown_stamps`)."""
+    published = np.asarray(published, np.float64).reshape(-1, 4, 4)
+    frames = nearest_stamps(np.asarray(published_stamps, np.float64), stamps, tolerance=1e-3)
+    known = frames >= 0
+    truth = np.asarray(poses, np.float64)[frames[known]]
+    position = np.linalg.norm(published[known, :3, 3] - truth[:, :3, 3], axis=1)
+    yaw_error = np.array([pose_2d(a)[2] - pose_2d(b)[2] for a, b in zip(published[known], truth)])
+    yaw = np.degrees(np.abs((yaw_error + np.pi) % (2 * np.pi) - np.pi))
+    complete = bool(len(published)) and bool(known.all())
+    return {"relocalizations": int(len(published)), "relocalization_unknown_stamps": int((~known).sum()),
+            "relocalization_error_m": float(position.max()) if complete else None,
+            "relocalization_yaw_error_deg": float(yaw.max()) if complete else None,
+            "relocalization_errors_m": _floats(position)}
+

@@ -85,6 +85,22 @@ def time_exclusion(stamps_a: np.ndarray, stamps_b: np.ndarray, seconds: float) -
     return np.abs(np.asarray(stamps_a)[:, None] - np.asarray(stamps_b)[None, :]) <= seconds
 
 
+def nearest_stamps(stamps: np.ndarray, reference: np.ndarray, tolerance: float = 1e-5) -> np.ndarray:
+    """Index of the reference stamp equal to each stamp (within float error of epoch seconds), or -1."""
+    stamps = np.asarray(stamps, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if len(reference) == 0:
+        return np.full(len(stamps), -1, dtype=np.int64)
+    order = np.argsort(reference)
+    sorted_ref = reference[order]
+    pos = np.clip(np.searchsorted(sorted_ref, stamps), 1, max(len(sorted_ref) - 1, 1))
+    left = np.clip(pos - 1, 0, len(sorted_ref) - 1)
+    right = np.clip(pos, 0, len(sorted_ref) - 1)
+    best = np.where(np.abs(sorted_ref[left] - stamps) <= np.abs(sorted_ref[right] - stamps), left, right)
+    found = np.abs(sorted_ref[best] - stamps) <= tolerance
+    return np.where(found, order[best], -1)
+
+
 def revisit_mask(
     poses: np.ndarray,
     stamps: np.ndarray,

@@ -22,6 +22,7 @@ import numpy as np
 
 from cmirl_ros.datasets.bag import BagSequence
 from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
+from cmirl_ros.geometry.poses import nearest_stamps
 from cmirl_ros.ros.processes import start_localizer, start_recorder
 from cmirl_ros.topics import BAG_TOPICS, COMPRESSED_SUFFIX
 
@@ -31,6 +32,13 @@ OUTPUTS = {
     "candidates": f"{NODE}/candidates",
     "loop_closure": f"{NODE}/loop_closure",
     "diagnostics": "/diagnostics",
+}
+# What a SLAM front end takes from a node with session_map / relocalize_on_start (recorded always: a
+# node without them never advertises these topics).
+SLAM_OUTPUTS = {
+    "loop_closure_edge": f"{NODE}/loop_closure_edge",
+    "loop_closure_rejected": f"{NODE}/loop_closure_rejected",
+    "initialpose": "/initialpose",
 }
 MAX_CANDIDATES = 500
 
@@ -92,19 +100,39 @@ def read_recording(path: Path) -> Recorded:
     )
 
 
-def nearest_stamps(stamps: np.ndarray, reference: np.ndarray, tolerance: float = 1e-5) -> np.ndarray:
-    """Index of the reference stamp equal to each stamp (within float error of epoch seconds), or -1."""
-    reference = np.asarray(reference, dtype=np.float64)
-    if len(reference) == 0:
-        return np.full(len(stamps), -1, dtype=np.int64)
-    order = np.argsort(reference)
-    sorted_ref = reference[order]
-    pos = np.clip(np.searchsorted(sorted_ref, stamps), 1, max(len(sorted_ref) - 1, 1))
-    left = np.clip(pos - 1, 0, len(sorted_ref) - 1)
-    right = np.clip(pos, 0, len(sorted_ref) - 1)
-    best = np.where(np.abs(sorted_ref[left] - stamps) <= np.abs(sorted_ref[right] - stamps), left, right)
-    found = np.abs(sorted_ref[best] - stamps) <= tolerance
-    return np.where(found, order[best], -1)
+def read_slam_outputs(path: Path) -> dict:
+    """The SLAM-facing outputs of a recording, as JSON-ready lists: `loop_closures` [query_stamp,
+    matched_stamp] of each ~/loop_closure (exactly 2 values; other sizes are counted in
+    `malformed_loop_closures`), `edges` / `rejected` {query_stamp, matched_stamp, score, fitness,
+    relative_pose (4x4)} of each LoopClosure, `initialposes` {stamp, frame_id, pose (4x4)} of each /initialpose."""
+    from rosbags.rosbag2 import Reader
+
+    from cmirl_ros.datasets.bag import pose_to_matrix
+    from cmirl_ros.ros.interfaces import interfaces_typestore
+    from cmirl_ros.sensor_decoding import stamp_to_seconds
+
+    store = interfaces_typestore()
+    topics = {OUTPUTS["loop_closure"]: "loop_closures", **{v: k for k, v in SLAM_OUTPUTS.items()}}
+    out = {"loop_closures": [], "malformed_loop_closures": 0, "edges": [], "rejected": [], "initialposes": []}
+    with Reader(path) as reader:
+        wanted = [c for c in reader.connections if c.topic in topics]
+        for connection, _, raw in reader.messages(connections=wanted):
+            msg = store.deserialize_cdr(raw, connection.msgtype)
+            role = topics[connection.topic]
+            if role == "loop_closures":
+                if len(msg.data) == 2:
+                    out["loop_closures"].append([float(v) for v in msg.data])
+                else:
+                    out["malformed_loop_closures"] += 1
+            elif role == "initialpose":
+                out["initialposes"].append({"stamp": stamp_to_seconds(msg.header.stamp), "frame_id": msg.header.frame_id,
+                                            "pose": pose_to_matrix(msg.pose.pose).tolist()})
+            else:
+                key = "edges" if role == "loop_closure_edge" else "rejected"
+                out[key].append({"query_stamp": stamp_to_seconds(msg.query_stamp),
+                                 "matched_stamp": stamp_to_seconds(msg.matched_stamp), "score": float(msg.score),
+                                 "fitness": float(msg.fitness), "relative_pose": pose_to_matrix(msg.relative_pose).tolist()})
+    return out
 
 
 def top1_scores(recorded: Recorded) -> np.ndarray:
@@ -274,9 +302,12 @@ def node_counts(recorded: Recorded) -> dict:
 def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, radius: float = 10.0,
                  exclude_seconds: float = 30.0, use_scan: bool = False, device: str = "auto",
                  workdir: Path | None = None, node_params: dict | None = None, details: bool = False,
-                 log=print, verify: str = "none", sequence=None, sequence_odometry: bool = False) -> dict:
+                 wait_outputs: tuple[str, ...] = (), log=print, verify: str = "none", sequence=None,
+                 sequence_odometry: bool = False) -> dict:
     """Replay `bag_path` into a fresh localizer node and score its outputs (see module doc).
-    `details`: also return per-query positions and correctness, the trajectory and the keyframes.
+    `details`: also return per-query positions and correctness, the trajectory, the keyframes and
+    the SLAM outputs (`read_slam_outputs`). `wait_outputs`: further output topics the recorder must
+    have subscribed before the replay starts (e.g. SLAM_OUTPUTS' that the node is set to publish).
     `verify` (none | registration | sequence, `verify_node_params`): also the verified figures;
     `sequence`: its SequenceConfig, `sequence_odometry`: the bag's ground-truth poses as odometry."""
     import rclpy
@@ -299,12 +330,12 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
               "stats_window": 1e6,  # latency figures over the whole replay
               "image_transport": "compressed" if (bag.image_topic or "").endswith(COMPRESSED_SUFFIX) else "raw",
               **verify_params, **(node_params or {})}
-    recorder = start_recorder(recording, list(OUTPUTS.values()), workdir)
+    recorder = start_recorder(recording, list(OUTPUTS.values()) + list(SLAM_OUTPUTS.values()), workdir)
     node = start_localizer(params, workdir)
     try:
         recorder.wait_for("recorder ready", 60)
         node.wait_for(READY_LOG, 300)
-        for topic in (OUTPUTS["match"], OUTPUTS["candidates"]):
+        for topic in (OUTPUTS["match"], OUTPUTS["candidates"], *wait_outputs):
             recorder.wait_for(f"recording {topic}", 30)
         rclpy.init()
         player = rclpy.create_node("cmirl_bag_player")
@@ -347,6 +378,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
         result["per_query"] = per_query
         result["trajectory"] = bag.poses[:, :3, 3].tolist()
         result["keyframes"] = mapdb.keyframes.positions.tolist()
+        result["slam_outputs"] = read_slam_outputs(recording)
     if owned:
         shutil.rmtree(workdir, ignore_errors=True)
     return result

@@ -16,6 +16,7 @@ from rclpy.serialization import serialize_message
 from tqdm import tqdm
 
 from cmirl_ros.datasets.bag import COMPRESSED_SUFFIX, typestore
+from cmirl_ros.geometry.camera import invert_transform
 from cmirl_ros.geometry.frames import base_pose_in_map, kitti_T_base_cam, kitti_T_base_velo
 from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
 from cmirl_ros.ros.interfaces import tf_message_type
@@ -27,6 +28,7 @@ CAMERA_FRAME = "camera_optical"
 LIDAR_FRAME = "velodyne"
 MAP_FRAME = "map"
 ODOM_FRAME = "odom"
+TF_TOPIC = "/tf"
 JPEG_QUALITY = 95  # compressed_image_transport's default
 TYPES = {
     "image": "sensor_msgs/msg/Image",
@@ -77,11 +79,16 @@ def robot_tf_static(stamp, T_cam_velo: np.ndarray):
     return msg
 
 
-def odom_tf(stamp, T_world_cam: np.ndarray, T_cam_velo: np.ndarray):
-    """/tf odom -> base_link from the ground truth: a drift-free odometry in the z-up frame whose
-    origin is the first camera-0 pose (as `kitti_world_to_map`), for nodes that need odometry."""
+def odom_poses(dataset) -> np.ndarray:
+    """(N,4,4) T_odom_base of every frame from ground truth, odom being the first base pose (what a
+    LIO front end's odometry gives, without its drift)."""
+    T_map_base = base_pose_in_map(dataset.poses, kitti_T_base_cam(dataset.calib.T_cam_sensor))
+    return invert_transform(T_map_base[0]) @ T_map_base
+
+
+def odom_tf(stamp, T_odom_base: np.ndarray):
+    """/tf message with the one edge odom -> base_link, as an odometry node broadcasts it."""
     msg = tf_message_type()()
-    T_odom_base = base_pose_in_map(T_world_cam, kitti_T_base_cam(T_cam_velo))
     msg.transforms = [transform_stamped(stamp, ODOM_FRAME, BASE_FRAME, T_odom_base)]
     return msg
 
@@ -111,8 +118,8 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
     """Write every frame of a KITTI-layout dataset to a rosbag2 (mcap) directory; returns it.
 
     compressed: images as jpeg CompressedImage on `<image topic>/compressed` (image_transport's
-    name) instead of raw Image. odometry_tf: also /tf odom -> base_link of each frame from the ground
-    truth (`odom_tf`), written before the frame's sensor messages. Written to a temporary sibling and renamed at the end, so an
+    name) instead of raw Image. odometry_tf: /tf odom -> base_link at each frame (`odom_poses`),
+    written before the frame's sensor messages. Written to a temporary sibling and renamed at the end, so an
     interrupted run leaves no half bag."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -129,7 +136,8 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
         if compressed:
             topics["image"], types["image"] = BAG_TOPICS["image"] + COMPRESSED_SUFFIX, COMPRESSED_TYPE
         if odometry_tf:
-            topics["tf"], types["tf"] = "/tf", types["tf_static"]
+            topics["tf"], types["tf"] = TF_TOPIC, TYPES["tf_static"]
+            odometry = odom_poses(dataset)
         connections = {role: writer.add_connection(topics[role], msgtype, typestore=store) for role, msgtype in types.items()}
         for i in tqdm(range(len(dataset)), desc=f"bag {dataset.name}", unit="frame", disable=not progress):
             frame = dataset[i]
@@ -138,7 +146,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
             if i == 0:
                 writer.write(connections["tf_static"], time_ns, serialize_message(robot_tf_static(stamp, calib.T_cam_sensor)))
             if odometry_tf:
-                writer.write(connections["tf"], time_ns, serialize_message(odom_tf(stamp, frame.T_world_cam, calib.T_cam_sensor)))
+                writer.write(connections["tf"], time_ns, serialize_message(odom_tf(stamp, odometry[i])))
             writer.write(connections["camera_info"], time_ns,
                          serialize_message(camera_info_msg(K, width, height, stamp=stamp, frame_id=CAMERA_FRAME)))
             if frame.image is not None:

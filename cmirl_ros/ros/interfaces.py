@@ -104,24 +104,6 @@ def candidates_type():
     return Candidates
 
 
-def interfaces_typestore():
-    """rosbags' typestore with the messages of cmirl_ros_interfaces registered from the built
-    package's .msg files, so that a recorder can store them and a bag reader decode them."""
-    from rosbags.typesys import get_types_from_msg
-
-    from cmirl_ros.datasets.bag import typestore
-
-    store = typestore()
-    for prefix in _prefixes():
-        definitions = sorted((prefix / "share" / "cmirl_ros_interfaces" / "msg").glob("*.msg"))
-        if definitions:
-            for path in definitions:
-                store.register(get_types_from_msg(path.read_text(), f"cmirl_ros_interfaces/msg/{path.stem}"))
-            return store
-    raise InterfacesNotBuilt(f"no cmirl_ros_interfaces message definitions under {', '.join(map(str, _prefixes()))}: "
-                             "run `make interfaces`")
-
-
 INTERFACE_INDEX = Path("share") / "ament_index" / "resource_index" / "rosidl_interfaces"
 
 
@@ -158,3 +140,24 @@ def message_class(msgtype: str):
         except InterfacesNotBuilt:
             return None
     return getattr(importlib.import_module(f"{package}.msg"), name, None)
+
+
+def interfaces_typestore():
+    """The rosbags typestore of bags (`cmirl_ros.datasets.bag.typestore`) with our generated packages'
+    messages registered from their installed .msg files (<prefix>/share/<package>/msg), so that a
+    recorder can write, and a reader parse, what the node publishes in them (LoopClosure, ...)."""
+    from rosbags.typesys import get_types_from_msg
+
+    from cmirl_ros.datasets.bag import typestore
+
+    ensure_interfaces()
+    store, types = typestore(), {}
+    for package in PACKAGES:
+        # <prefix>/lib/pythonX.Y/site-packages/<package>/__init__.py -> <prefix>/share/<package>/msg
+        share = Path(importlib.util.find_spec(package).origin).parents[4] / "share" / package / "msg"
+        for definition in sorted(share.glob("*.msg")):
+            name = f"{package}/msg/{definition.stem}"
+            if name not in store.fielddefs:
+                types.update(get_types_from_msg(definition.read_text(), name))
+    store.register(types)
+    return store

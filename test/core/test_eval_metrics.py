@@ -164,3 +164,58 @@ def test_recall_from_rankings_by_hand():
     excluded = np.array([[True, False, False], [True, False, False], [False, False, False]])
     revisit = recall_from_rankings(rankings, correct, excluded, k_percent=1)
     assert revisit["queries"] == 2 and revisit["recall@1"] == pytest.approx(0.5)
+
+
+def _out_and_back():
+    """A drive along x: 0..9 m at t = 0..9 s, then back over 0..4 m at t = 100..104 s (5 true revisits)."""
+    xs = np.r_[np.arange(10.0), np.arange(5.0)]
+    return np.r_[np.arange(10.0), 100.0 + np.arange(5.0)], _poses(xs)
+
+
+def test_session_loop_closures_by_hand():
+    from cmirl_ros.evaluation.metrics import session_loop_closure_figures
+
+    stamps, poses = _out_and_back()
+    pairs = [[100, 0], [101, 1], [101, 1], [102, 8], [103, 55.5]]  # true, true (again), 6 m apart, no such frame
+    figures = session_loop_closure_figures(np.array(pairs), stamps, poses, radius=1.5, min_gap=30.0)
+    assert figures["loop_closures_published"] == 5 and figures["loop_closures_true"] == 3
+    assert figures["loop_closure_precision"] == pytest.approx(3 / 5)
+    assert figures["loop_closure_revisit_frames"] == 5 and figures["loop_closure_unknown_stamps"] == 1
+    assert figures["loop_closure_recall"] == pytest.approx(2 / 5)  # frames 100 and 101 recalled, once each
+    # 6 m counts as the same place, but only the revisits within 1.5 m must be closed.
+    figures = session_loop_closure_figures(np.array(pairs), stamps, poses, radius=7.0, min_gap=30.0, revisit_radius=1.5)
+    assert figures["loop_closures_true"] == 4 and figures["loop_closure_revisit_frames"] == 5
+    assert figures["loop_closure_recall"] == pytest.approx(3 / 5)
+    # With relative poses the constraint decides: the 6 m pair is exact (true at any radius), one of the
+    # close pairs is 2 m off (false), a pair without a pose falls back to the radius.
+    relative = np.full((5, 4, 4), np.nan)
+    relative[0] = np.eye(4)
+    relative[1] = _poses([2.0])[0]
+    relative[3] = np.linalg.inv(poses[8]) @ poses[12]
+    figures = session_loop_closure_figures(np.array(pairs), stamps, poses, radius=1.5, min_gap=30.0,
+                                           relative_poses=relative)
+    assert figures["loop_closures_true"] == 3 and figures["loop_closures_without_pose"] == 2  # pairs 0, 2 (radius), 3
+    assert figures["loop_closure_place_precision"] == pytest.approx(3 / 5)
+    assert figures["loop_closure_pose_error_m_max"] == pytest.approx(2.0)
+    assert figures["loop_closure_recall"] == pytest.approx(3 / 5)  # frames 100, 101 (its second pair), 102
+    # A gap longer than the drive leaves no revisit to recall; nothing published has no precision.
+    figures = session_loop_closure_figures(np.zeros((0, 2)), stamps, poses, radius=1.5, min_gap=200.0)
+    assert figures["loop_closure_recall"] is None and figures["loop_closure_precision"] is None
+
+
+def test_relocalization_error_by_hand():
+    from cmirl_ros.evaluation.metrics import relocalization_figures
+
+    stamps, poses = _out_and_back()
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    published = poses[11].copy()
+    published[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    published[:3, 3] += [0.3, 0.4, 0.0]
+    figures = relocalization_figures(published[None], [101.0], stamps, poses)
+    assert figures["relocalizations"] == 1
+    assert figures["relocalization_error_m"] == pytest.approx(0.5)
+    assert figures["relocalization_yaw_error_deg"] == pytest.approx(10.0)
+    # Stamped with no frame of the drive (e.g. wall time): no error is claimed, the stamp is counted.
+    figures = relocalization_figures(published[None], [1.7e9], stamps, poses)
+    assert figures["relocalization_error_m"] is None and figures["relocalization_unknown_stamps"] == 1
+    assert relocalization_figures(np.zeros((0, 4, 4)), [], stamps, poses)["relocalization_error_m"] is None
