@@ -195,7 +195,7 @@ def read_match_poses(path: Path) -> dict[float, np.ndarray]:
     """{query stamp: published match pose (4,4)}: the refined query pose of a verified match."""
     from rosbags.rosbag2 import Reader
 
-    from cmirl_ros.datasets.bag import pose_to_matrix
+    from cmirl_ros.datasets.bag import pose_to_matrix, typestore
 
     store, poses = typestore(), {}
     with Reader(path) as reader:

@@ -187,9 +187,9 @@ def test_bag_eval_sequence_figures_of_known_matches(sim_bag, lite_map):
 
     def recorded(order):
         n = len(bag.stamps)
-        return Recorded(stamps=bag.stamps, frame_ids=["map"] * n, candidates=[keyframes[order[i]][None] for i in range(n)],
-                        loop_closures=np.column_stack([bag.stamps, bag.stamps, np.full(n, 0.5)]),
-                        receive_times=bag.stamps, diagnostics=[])
+        return Recorded(stamps=bag.stamps, frame_ids=["map"] * n, candidates=[order[i:i + 1] for i in range(n)],
+                        scores=[np.full(1, 0.5)] * n, loop_closures=np.zeros((0, 2)), receive_times=bag.stamps,
+                        diagnostics=[])
 
     following = sequence_figures(recorded(nearest), bag, mapdb, 10.0, 0.0, config, odometry=True)
     n = len(bag.stamps)
