@@ -42,22 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache root")
 
 
-class _FirstFrames:
-    """The first `count` frames of a TrainingFrames, for timing the cache refresh on one batch."""
-
-    def __init__(self, frames, count: int):
-        self.frames, self.count = frames, min(count, len(frames))
-
-    def __len__(self) -> int:
-        return self.count
-
-    def image(self, i: int):
-        return self.frames.image(i)
-
-    def depth(self, i: int):
-        return self.frames.depth(i)
-
-
 def _make_trainer(name, model, dataset, cfg, settings, rule, args, workdir: Path):
     import numpy as np
     import torch
@@ -70,8 +54,8 @@ def _make_trainer(name, model, dataset, cfg, settings, rule, args, workdir: Path
     if not settings.frame_cache:  # today's trainer keeps decoded frames in memory after their first use
         for i in range(len(frames)):
             frames.image(i)
-    setup_s = time.perf_counter() - started
     trainer = Trainer(model, frames, rule, settings, workdir / name, torch.device("cpu"), save_model=lambda *a: None)
+    setup_s = time.perf_counter() - started  # with the feature cache's build, if any
     rng = np.random.default_rng(0)
     n, dim = len(frames), model.descriptor_dim
     for attr in ("cache_query", "cache_map"):
@@ -88,9 +72,8 @@ def _refresh_seconds(trainers: dict, repeats: int = 3) -> dict[str, tuple[float,
     times = {name: [] for name in trainers}
     for _ in range(repeats):
         for name, trainer in trainers.items():
-            probe = _FirstFrames(trainer.frames, trainer.settings.cache_batch_size)
             wall, cpu = time.perf_counter(), time.process_time()
-            trainer._encode(probe, False, "")
+            trainer._encode(trainer.frames, trainer.features, False, "", limit=trainer.settings.cache_batch_size)
             times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
     out = {}
     for name, trainer in trainers.items():
@@ -177,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     arms = {"baseline": replace(settings, **BASELINE_LEVERS)}
     if not args.baseline:
         arms["engine"] = settings
-        if args.freeze_stages:
-            arms["engine_frozen"] = replace(settings, freeze_stages=args.freeze_stages)
+        if args.freeze_stages:  # the frozen part run live every step, and read from the feature cache
+            arms["engine_frozen_live"] = replace(settings, freeze_stages=args.freeze_stages, feature_cache=False)
+            arms["engine_frozen"] = replace(settings, freeze_stages=args.freeze_stages, feature_cache=True)
     with tempfile.TemporaryDirectory() as workdir:
         built = {name: _make_trainer(name, copy.deepcopy(model), dataset, cfg, s, rule, args, Path(workdir))
                  for name, s in arms.items()}
