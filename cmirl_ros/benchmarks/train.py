@@ -101,7 +101,8 @@ def _summary(trainer, steps: int, wall: float, cpu: float, setup_s: float, refre
         "breakdown_ms": {k: round(v, 1) for k, v in breakdown.items()},
         "breakdown_cpu_ms": {k: round(v, 1) for k, v in breakdown_cpu.items()},
         "setup_s": round(setup_s, 1),
-        "levers": {k: getattr(s, k) for k in (*BASELINE_LEVERS, "cloud_variants")},
+        "levers": {**{k: getattr(s, k) for k in (*BASELINE_LEVERS, "cloud_variants", "image_variants")},
+                   "feature_cache": trainer.features is not None},  # what the arm ran with
     }
 
 
@@ -174,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
     main = arms_out.get("engine", arms_out["baseline"])
     base = arms_out["baseline"]
+    for arm in arms_out.values():  # each arm against today's trainer, per CPU-second
+        arm["speedup"] = round(arm["triplets_per_cpu_s"] / base["triplets_per_cpu_s"], 2)
     result = {
         "config": config_path.stem,
         "model": model.name,
@@ -202,9 +205,10 @@ def _print(result: dict) -> None:
     print(f"{result['config']} ({result['model']}, input {result['input'][0]}x{result['input'][1]}, "
           f"{result['frames']} frames), {result['steps']} steps, {result['threads']} threads, "
           f"load average {result['load_average_1min']}")
-    print(f"  {'':<14s} {'trip/s':>7s} {'trip/CPU-s':>10s} {'s/step':>7s}  ms/step: " + " ".join(f"{p:>13s}" for p in PHASES))
+    print(f"  {'':<18s} {'trip/s':>7s} {'trip/CPU-s':>10s} {'speedup':>7s} {'s/step':>7s}  CPU ms/step: "
+          + " ".join(f"{p:>13s}" for p in PHASES))
     for name, arm in result["arms"].items():
-        phases = " ".join(f"{arm['breakdown_ms'][p]:13.0f}" for p in PHASES)
-        print(f"  {name:<14s} {arm['triplets_per_s']:7.2f} {arm['triplets_per_cpu_s']:10.2f} "
-              f"{arm['seconds_per_step']:7.2f}           {phases}")
+        phases = " ".join(f"{arm['breakdown_cpu_ms'][p]:13.0f}" for p in PHASES)
+        print(f"  {name:<18s} {arm['triplets_per_s']:7.2f} {arm['triplets_per_cpu_s']:10.2f} {arm['speedup']:7.2f} "
+              f"{arm['seconds_per_step']:7.2f}               {phases}")
     print(f"  speedup {result['speedup']}x per CPU-second ({result['speedup_wall']}x wall)")

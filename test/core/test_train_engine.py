@@ -184,7 +184,9 @@ def test_bench_train_writes_its_figures(tmp_path):
     assert {"triplets_per_s", "baseline_triplets_per_s", "speedup", "breakdown_ms"} <= set(result)
     assert set(result["breakdown_ms"]) == {"data", "forward", "backward", "mining", "cache_refresh"}
     assert result["triplets_per_s"] > 0 and result["speedup"] > 0
-    assert set(result["arms"]) == {"baseline", "engine", "engine_frozen"}
+    assert set(result["arms"]) == {"baseline", "engine", "engine_frozen_live", "engine_frozen"}
+    frozen, live = result["arms"]["engine_frozen"]["levers"], result["arms"]["engine_frozen_live"]["levers"]
+    assert frozen["freeze_stages"] == live["freeze_stages"] == 2 and frozen["feature_cache"] and not live["feature_cache"]
 
 
 def _tiny_frozen_model(stages=2):
