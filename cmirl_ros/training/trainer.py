@@ -183,7 +183,7 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
 class Trainer:
     def __init__(self, model, frames: TrainingFrames, rule: PairRule, settings: TrainSettings, out_dir: Path,
                  device: torch.device, save_model, env: DistEnv | None = None,
-                 validation: TrainingFrames | None = None):
+                 validation: TrainingFrames | None = None, progress: bool = True):
         self.model = model.to(device)
         self.frames = frames
         self.settings = settings
@@ -200,8 +200,9 @@ class Trainer:
         self.best_val = -math.inf
         if settings.freeze_stages:
             freeze_trunk_stages(self.model, settings.freeze_stages)
-        self.features = self._feature_cache(frames, settings.image_variants, settings.cloud_variants)
-        self.val_features = None if validation is None else self._feature_cache(validation, 0, 0)
+        progress = progress and self.env.is_main
+        self.features = self._feature_cache(frames, settings.image_variants, settings.cloud_variants, progress)
+        self.val_features = None if validation is None else self._feature_cache(validation, 0, 0, progress)
         self.eligible = np.flatnonzero(self.positives.any(1) & self.negatives.any(1))
         if len(self.eligible) == 0:
             raise ValueError(
@@ -229,7 +230,7 @@ class Trainer:
             ids = [self.env.local_rank] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True)
 
-    def _feature_cache(self, frames: TrainingFrames, image_variants: int, depth_variants: int):
+    def _feature_cache(self, frames: TrainingFrames, image_variants: int, depth_variants: int, progress: bool):
         """The frozen part's outputs of every frame, when stages are frozen and frames come from the frame cache."""
         from cmirl_ros.training.feature_cache import FeatureCache
         from cmirl_ros.training.frame_cache import CachedTrainingFrames
@@ -238,7 +239,7 @@ class Trainer:
         if not (s.feature_cache and s.freeze_stages and isinstance(frames, CachedTrainingFrames)):
             return None
         variants = min(depth_variants, frames.variants) if frames.cloud_probability > 0 else 0
-        return FeatureCache(frames, self.model, image_variants, variants, s.seed, progress=self.env.is_main)
+        return FeatureCache(frames, self.model, image_variants, variants, s.seed, progress)
 
     def _param_groups(self) -> list[dict]:
         """The encoder (pretrained trunk) at lr * trunk_lr_scale, everything else at lr."""
