@@ -155,24 +155,46 @@ class Backbone(nn.Module):
         self.frozen_blocks = 0
 
     def freeze_blocks(self, count: int) -> None:
-        """Freeze the stem and the first `count` blocks (training): they run without autograd."""
+        """Freeze the stem and the first `count` blocks (training): they run without autograd, in eval mode."""
         if not all(hasattr(self.trunk, a) for a in ("conv_stem", "bn1", "blocks")):
             raise ValueError(f"freezing trunk stages needs an EfficientNet-style trunk, not {type(self.trunk).__name__}")
         if not 0 <= count <= len(self.trunk.blocks):
             raise ValueError(f"can freeze 0..{len(self.trunk.blocks)} blocks of this trunk, not {count}")
-        frozen = [self.trunk.conv_stem, self.trunk.bn1, *self.trunk.blocks[:count]] if count else []
-        for module in frozen:
+        for module in self.frozen_modules(count):
             module.requires_grad_(False)
         self.frozen_blocks = count
+        self.train(self.training)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def frozen_modules(self, count: int | None = None) -> list[nn.Module]:
+        """The stem and the first `count` (default: the frozen) blocks."""
+        count = self.frozen_blocks if count is None else count
+        return [self.trunk.conv_stem, self.trunk.bn1, *self.trunk.blocks[:count]] if count else []
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Frozen blocks stay in eval mode: their output must not depend on the batch (feature cache)."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output (the input itself when nothing is frozen): deterministic given x."""
         if not self.frozen_blocks:
-            return self.trunk.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
+            return x
         trunk = self.trunk
         with torch.no_grad():  # nothing below needs their activations kept for a backward pass
             x = trunk.bn1(trunk.conv_stem(x))
             for block in trunk.blocks[: self.frozen_blocks]:
                 x = block(x)
-        for block in trunk.blocks[self.frozen_blocks :]:
+        return x
+
+    def rest(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained part, from `prefix`'s output to the feature stage."""
+        if not self.frozen_blocks:
+            return self.trunk.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
+        for block in self.trunk.blocks[self.frozen_blocks :]:
             x = block(x)
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.prefix(x))

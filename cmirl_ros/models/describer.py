@@ -90,9 +90,18 @@ class Describer:
         return self.describe(images, depths, batch_size=max(1, len(frames)), progress=False, tokens_grid=tokens_grid)
 
     def describe(self, images: ArrayBatch | None = None, depths: ArrayBatch | None = None, batch_size: int = 16,
-                 progress: bool | None = None, tokens_grid: tuple[int, int] | None = None) -> Description:
-        """N images and/or N sparse depth maps in model input layout -> N descriptors [+ tokens]."""
-        image_batch, depth_batch = _as_tensor(images, "images"), _as_tensor(depths, "depths")
+                 progress: bool | None = None, tokens_grid: tuple[int, int] | None = None,
+                 prefix=None) -> Description:
+        """N images and/or N sparse depth maps in model input layout -> N descriptors [+ tokens].
+
+        `prefix` (a `TrunkPrefix` of N rows, instead of images and depths): what the model's frozen part
+        made of them (training's feature cache); the rest of the model runs as for inputs."""
+        if prefix is not None:
+            if images is not None or depths is not None:
+                raise ValueError("describe takes inputs or their trunk prefix, not both")
+            image_batch, depth_batch = prefix
+        else:
+            image_batch, depth_batch = _as_tensor(images, "images"), _as_tensor(depths, "depths")
         count = _count(image_batch, depth_batch)
         model, device = self.model, self.device
         name = getattr(model, "name", type(model).__name__)
@@ -108,7 +117,11 @@ class Describer:
                     chunk = slice(start, start + batch_size)
                     image = image_batch[chunk].to(device) if image_batch is not None else None
                     depth = depth_batch[chunk].to(device) if depth_batch is not None else None
-                    out[chunk] = model(image=image, depth=depth).float().cpu().numpy()
+                    if prefix is not None:
+                        descriptors = model(prefix=type(prefix)(image, depth))
+                    else:
+                        descriptors = model(image=image, depth=depth)
+                    out[chunk] = descriptors.float().cpu().numpy()
                     if tokens_grid:
                         tokens.append(_pooled(features, tokens_grid))
         finally:

@@ -21,6 +21,14 @@ class DualStreamEncoder(nn.Module):
         self.rgb_channels = self.rgb.out_channels
         self.depth_channels = self.depth.out_channels
 
+    @property
+    def image_trunk(self) -> Backbone:
+        return self.rgb
+
+    @property
+    def depth_trunk(self) -> Backbone:
+        return self.depth
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.rgb(image)
 
@@ -38,6 +46,14 @@ class SharedEncoder(nn.Module):
             raise ValueError(f"a shared encoder needs depth_input.channels: 3 (got {depth_channels})")
         self.trunk = Backbone(**backbone, pretrained=pretrained, in_chans=3)
         self.rgb_channels = self.depth_channels = self.trunk.out_channels
+
+    @property
+    def image_trunk(self) -> Backbone:
+        return self.trunk
+
+    @property
+    def depth_trunk(self) -> Backbone:
+        return self.trunk
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.trunk(image)

@@ -8,7 +8,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,15 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class TrunkPrefix(NamedTuple):
+    """What the frozen part of a model (`freeze_stages`: alignment, trunk stem + first blocks) computes:
+    the image trunk's and the depth trunk's prefix outputs (None for an absent input). Deterministic
+    given the inputs, so training can cache it (cmirl_ros/training/feature_cache.py)."""
+
+    image: torch.Tensor | None
+    depth: torch.Tensor | None
+
+
 def _build(registry: Registry, section: dict, model_name: str, **inputs) -> nn.Module:
     options = {k: v for k, v in section.items() if k != "name"}
     component = registry.get(section["name"])
@@ -155,18 +164,32 @@ class PlaceModel(nn.Module):
         """The aligned dense depth (metres) the depth stream sees: ACMA or rigid + classical completion."""
         return self.alignment(depth, image)
 
-    def local_features(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> torch.Tensor:
-        """The fused local feature map F_fused (B, C, h, w)."""
+    def trunk_prefix(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> TrunkPrefix:
+        """The frozen part: the image, and the aligned, normalised dense depth, through the trunks' frozen
+        stem + blocks (the inputs themselves when no block is frozen)."""
         self._check_inputs(image, depth)
-        rgb_features = self.encoder.encode_image(image) if image is not None else None
-        depth_features = None
+        image_prefix = self.encoder.image_trunk.prefix(image) if image is not None else None
+        depth_prefix = None
         if depth is not None:
             dense = self.dense_depth(depth, image)
-            depth_features = self.encoder.encode_depth(normalize_depth(dense, self.preprocessing.max_depth, self.depth_channels))
+            normalized = normalize_depth(dense, self.preprocessing.max_depth, self.depth_channels)
+            depth_prefix = self.encoder.depth_trunk.prefix(normalized)
+        return TrunkPrefix(image_prefix, depth_prefix)
+
+    def local_features(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                       prefix: TrunkPrefix | None = None) -> torch.Tensor:
+        """The fused local feature map F_fused (B, C, h, w), from the inputs or from their `trunk_prefix`."""
+        if prefix is None:
+            prefix = self.trunk_prefix(image, depth)
+        elif image is not None or depth is not None:
+            raise ValueError(f"{self.name}: give the inputs or their trunk prefix, not both")
+        rgb_features = self.encoder.image_trunk.rest(prefix.image) if prefix.image is not None else None
+        depth_features = self.encoder.depth_trunk.rest(prefix.depth) if prefix.depth is not None else None
         return self.fusion(rgb_features, depth_features)
 
-    def forward(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None) -> torch.Tensor:
-        descriptor = self.aggregation(self.local_features(image, depth))
+    def forward(self, image: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                prefix: TrunkPrefix | None = None) -> torch.Tensor:
+        descriptor = self.aggregation(self.local_features(image, depth, prefix))
         if self.projection is not None:
             descriptor = self.projection(descriptor)
         return F.normalize(descriptor.float(), dim=1)

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     frames = training_frames(dataset, model, cfg, settings, args.cache_dir, progress)
     val_frames = None if validation is None else training_frames(validation, model, cfg, settings, args.cache_dir, progress)
     trainer = Trainer(model, frames, PairRule.from_config(cfg.get("pairs") or {}), settings, args.out, device,
-                      save_model=save_checkpoint, env=env, validation=val_frames)
+                      save_model=save_checkpoint, env=env, validation=val_frames, progress=progress)
     if args.resume and trainer.resume():
         print(f"resumed from {args.out} at step {trainer.step}")
     elif not args.resume and (args.out / "train_state.pt").exists():

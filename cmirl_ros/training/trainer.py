@@ -74,6 +74,10 @@ class TrainSettings:
     # being encoded again with gradients (a cross-batch memory: half the map-side passes of a step).
     memory_negatives: bool = True
     freeze_stages: int = 0  # trunk stem + this many blocks frozen (run without autograd); 0 = all trained
+    # With freeze_stages and frame_cache: the frozen part's outputs computed once per frame and variant
+    # (cmirl_ros/training/feature_cache.py); a step runs only the trained blocks and the heads.
+    feature_cache: bool = True
+    image_variants: int = 4  # cached image augmentations per frame the feature cache draws from
     accumulate_steps: int = 1  # micro-batches of batch_size per optimizer step
     fused_optimizer: bool = True  # Adam's fused kernel
     frame_cache: bool = True  # preprocessed frames on disk (cmirl_ros/training/frame_cache.py)
@@ -97,6 +101,8 @@ class TrainSettings:
             raise ValueError(f"trunk_lr_scale must be > 0, got {settings.trunk_lr_scale}")
         if settings.accumulate_steps < 1 or settings.freeze_stages < 0 or settings.validate_every < 0:
             raise ValueError("accumulate_steps must be >= 1, freeze_stages and validate_every >= 0")
+        if settings.image_variants < 1:
+            raise ValueError(f"image_variants must be >= 1, got {settings.image_variants}")
         return settings
 
 
@@ -118,7 +124,8 @@ class PhaseTimer:
 
 
 def freeze_trunk_stages(model: nn.Module, count: int) -> None:
-    """Freeze the stem and the first `count` blocks of every trunk of the model."""
+    """Freeze the stem and the first `count` blocks of every trunk of the model, and the depth alignment
+    in front of the depth trunk (behind a frozen block it would receive no gradient anyway)."""
     from cmirl_ros.models.backbones import Backbone
 
     trunks = [m for m in model.modules() if isinstance(m, Backbone)]
@@ -126,6 +133,8 @@ def freeze_trunk_stages(model: nn.Module, count: int) -> None:
         raise ValueError("freeze_stages: the model has no trunk to freeze")
     for trunk in trunks:
         trunk.freeze_blocks(count)
+    if count and getattr(model, "alignment", None) is not None:
+        model.alignment.requires_grad_(False)
 
 
 class TripletForward(nn.Module):
@@ -135,7 +144,10 @@ class TripletForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, anchor_image, anchor_depth, map_depth):
+    def forward(self, anchor_image, anchor_depth, map_depth, anchor_prefix=None, map_prefix=None):
+        """From the inputs, or (feature cache) from their `TrunkPrefix`es."""
+        if anchor_prefix is not None:
+            return self.model(prefix=anchor_prefix), self.model(prefix=map_prefix)
         return self.model(image=anchor_image, depth=anchor_depth), self.model(depth=map_depth)
 
 
@@ -171,7 +183,7 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
 class Trainer:
     def __init__(self, model, frames: TrainingFrames, rule: PairRule, settings: TrainSettings, out_dir: Path,
                  device: torch.device, save_model, env: DistEnv | None = None,
-                 validation: TrainingFrames | None = None):
+                 validation: TrainingFrames | None = None, progress: bool = True):
         self.model = model.to(device)
         self.frames = frames
         self.settings = settings
@@ -188,6 +200,9 @@ class Trainer:
         self.best_val = -math.inf
         if settings.freeze_stages:
             freeze_trunk_stages(self.model, settings.freeze_stages)
+        progress = progress and self.env.is_main
+        self.features = self._feature_cache(frames, settings.image_variants, settings.cloud_variants, progress)
+        self.val_features = None if validation is None else self._feature_cache(validation, 0, 0, progress)
         self.eligible = np.flatnonzero(self.positives.any(1) & self.negatives.any(1))
         if len(self.eligible) == 0:
             raise ValueError(
@@ -215,6 +230,17 @@ class Trainer:
             ids = [self.env.local_rank] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True)
 
+    def _feature_cache(self, frames: TrainingFrames, image_variants: int, depth_variants: int, progress: bool):
+        """The frozen part's outputs of every frame, when stages are frozen and frames come from the frame cache."""
+        from cmirl_ros.training.feature_cache import FeatureCache
+        from cmirl_ros.training.frame_cache import CachedTrainingFrames
+
+        s = self.settings
+        if not (s.feature_cache and s.freeze_stages and isinstance(frames, CachedTrainingFrames)):
+            return None
+        variants = min(depth_variants, frames.variants) if frames.cloud_probability > 0 else 0
+        return FeatureCache(frames, self.model, image_variants, variants, s.seed, progress)
+
     def _param_groups(self) -> list[dict]:
         """The encoder (pretrained trunk) at lr * trunk_lr_scale, everything else at lr."""
         if self.settings.trunk_lr_scale == 1.0:  # one group, as checkpoints of older runs hold
@@ -239,22 +265,28 @@ class Trainer:
 
     # ---- descriptor cache ----
     @torch.no_grad()
-    def _encode(self, frames: TrainingFrames, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
-        """Image and scan descriptors of every frame with the current weights.
+    def _encode(self, frames: TrainingFrames, features, progress: bool, desc: str,
+                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Image and scan descriptors of every frame (the first `limit`) with the current weights, from
+        the inputs or from their cached trunk prefixes (`features`).
 
         Under DDP each rank encodes a share and an all-reduce assembles the table.
         """
         from tqdm import tqdm
 
-        n, bs = len(frames), self.settings.cache_batch_size
+        n, bs = min(len(frames), limit or len(frames)), self.settings.cache_batch_size
         mine = np.arange(self.env.rank, n, self.env.world)
         describer = Describer(self.model)
         query, scan = None, None
         chunks = range(0, len(mine), bs)
         for start in tqdm(chunks, desc=desc, disable=not (progress and self.env.is_main), leave=False):
             idx = mine[start : start + bs]
-            q = self._cached_descriptors(describer, images=[frames.image(i) for i in idx])
-            m = self._cached_descriptors(describer, depths=[frames.depth(i) for i in idx])
+            if features is not None:
+                q = self._cached_descriptors(describer, prefix=features.clean(idx, "image"))
+                m = self._cached_descriptors(describer, prefix=features.clean(idx, "depth"))
+            else:
+                q = self._cached_descriptors(describer, images=[frames.image(i) for i in idx])
+                m = self._cached_descriptors(describer, depths=[frames.depth(i) for i in idx])
             if query is None:
                 query = torch.zeros((n, q.shape[1]), device=self.device)
                 scan = torch.zeros((n, m.shape[1]), device=self.device)
@@ -268,14 +300,14 @@ class Trainer:
     def refresh_cache(self, progress: bool = True) -> None:
         """Image and scan descriptors of every training frame (mining), and their Recall@1."""
         with self.timer("cache_refresh"):
-            self.cache_query, self.cache_map = self._encode(self.frames, progress, "descriptor cache")
+            self.cache_query, self.cache_map = self._encode(self.frames, self.features, progress, "descriptor cache")
             # Free training-set check: cached images against cached scans, paper protocol.
             self.cache_recall = evaluate_retrieval(self.cache_query, self.cache_map, self.positives).recall_at_1
 
     def validate(self, progress: bool = True) -> float:
         """Image -> scan Recall@1 on the validation frames (paper protocol, the pair rule's positives)."""
         with self.timer("validation"):
-            query, scan = self._encode(self.validation, progress, "validation")
+            query, scan = self._encode(self.validation, self.val_features, progress, "validation")
             self.val_recall = evaluate_retrieval(query, scan, self.val_positives).recall_at_1
         return self.val_recall
 
@@ -327,18 +359,13 @@ class Trainer:
             anchors, positives, hard = self._draw_batch()
             modality = self._draw_modality()
         b, h = len(anchors), hard.shape[1]
+        map_ids = positives if s.memory_negatives else np.concatenate([positives, hard.reshape(-1)])
         with self.timer("data"):
-            image = depth = None
-            if "image" in modality:
-                image = torch.stack([self.frames.augmented_image(i, self.generator) for i in anchors]).to(self.device)
-            if "depth" in modality:
-                depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in anchors]).to(self.device)
-            map_ids = positives if s.memory_negatives else np.concatenate([positives, hard.reshape(-1)])
-            map_depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in map_ids]).to(self.device)
+            inputs = self._step_inputs(anchors, modality, map_ids)
 
         with self.timer("forward"):
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                anchor_desc, map_desc = self.net(image, depth, map_depth)
+                anchor_desc, map_desc = self.net(*inputs)
             anchor_desc, map_desc = anchor_desc.float(), map_desc.float()
             pos_desc = map_desc[:b]
             if not s.memory_negatives:
@@ -361,6 +388,20 @@ class Trainer:
             if loss.item() > 0.0 or self.env.world > 1:  # a zero loss has a zero gradient: no backward pass
                 self.scaler.scale(loss / s.accumulate_steps).backward()
         return {"loss": float(loss.item()), "active": active, "modality": modality}
+
+    def _step_inputs(self, anchors: np.ndarray, modality: str, map_ids: np.ndarray) -> tuple:
+        """TripletForward's arguments: augmented inputs, or their cached trunk prefixes (feature cache)."""
+        if self.features is not None:
+            anchor_prefix = self.features.anchors(anchors, modality, self.rng)
+            map_prefix = self.features.scans(map_ids, self.rng)
+            return None, None, None, _on_device(anchor_prefix, self.device), _on_device(map_prefix, self.device)
+        image = depth = None
+        if "image" in modality:
+            image = torch.stack([self.frames.augmented_image(i, self.generator) for i in anchors]).to(self.device)
+        if "depth" in modality:
+            depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in anchors]).to(self.device)
+        map_depth = torch.stack([self.frames.augmented_depth(i, self.rng) for i in map_ids]).to(self.device)
+        return image, depth, map_depth
 
     # ---- checkpoints ----
     def state_dict(self) -> dict:
@@ -462,6 +503,10 @@ class Trainer:
             if self.env.is_main:
                 log_file.close()
         return {"steps": self.step, "final_loss": last["loss"], "seconds": time.monotonic() - started}
+
+
+def _on_device(prefix, device: torch.device):
+    return type(prefix)(*(None if t is None else t.to(device) for t in prefix))
 
 
 def _numpy_rng_bytes(rng: np.random.Generator) -> bytes:

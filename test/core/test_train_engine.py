@@ -184,4 +184,53 @@ def test_bench_train_writes_its_figures(tmp_path):
     assert {"triplets_per_s", "baseline_triplets_per_s", "speedup", "breakdown_ms"} <= set(result)
     assert set(result["breakdown_ms"]) == {"data", "forward", "backward", "mining", "cache_refresh"}
     assert result["triplets_per_s"] > 0 and result["speedup"] > 0
-    assert set(result["arms"]) == {"baseline", "engine", "engine_frozen"}
+    assert set(result["arms"]) == {"baseline", "engine", "engine_frozen_live", "engine_frozen"}
+    frozen, live = result["arms"]["engine_frozen"]["levers"], result["arms"]["engine_frozen_live"]["levers"]
+    assert frozen["freeze_stages"] == live["freeze_stages"] == 2 and frozen["feature_cache"] and not live["feature_cache"]
+
+
+def _tiny_frozen_model(stages=2):
+    from cmirl_ros.models import build_model
+    from cmirl_ros.training.trainer import freeze_trunk_stages
+
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, load_pretrained=False).eval()
+    freeze_trunk_stages(model, stages)
+    return model
+
+
+def test_feature_cache_gives_the_live_descriptors_and_is_keyed_by_the_frozen_part(tmp_path):
+    from cmirl_ros.models import Describer
+    from cmirl_ros.models.place_model import TrunkPrefix
+    from cmirl_ros.training.feature_cache import FeatureCache, _seeded_generator
+
+    model = _tiny_frozen_model()
+    frames = CachedTrainingFrames(ToyPlaces(4), model.preprocessing, AugmentConfig(weather_probability=1.0), 1.0,
+                                  tmp_path, variants=1, progress=False)
+    cache = FeatureCache(frames, model, image_variants=1, depth_variants=1, progress=False)
+    ids, describer = [0, 1, 2, 3], Describer(model)
+    for modality, inputs in (("image", {"images": [frames.image(i) for i in ids]}),
+                             ("depth", {"depths": [frames.depth(i) for i in ids]})):
+        live = describer.describe(**inputs, batch_size=4).descriptors
+        cached = describer.describe(prefix=cache.clean(ids, modality), batch_size=4).descriptors
+        np.testing.assert_array_equal(cached, live)  # the frozen part run live or read: the same descriptors
+    # An image+depth anchor's augmented variant: its image draw and the moved scan it comes with.
+    image = frames.augmented_image(2, _seeded_generator(0, 2, 0, 1))[None]
+    variant = cache._fused_depth_variant(2, 1)
+    depth = torch.from_numpy(frames._read(2, "depths")[variant : variant + 1])[None]
+    rows = torch.from_numpy(cache.frame_rows(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(prefix=TrunkPrefix(rows[1:2], rows[cache.fused_row(1):cache.fused_row(1) + 1])),
+                                   model(image=image, depth=depth), rtol=0, atol=1e-6)
+
+    directory, stamp = cache.paths[0].parent, cache.paths[0].stat().st_mtime_ns
+    with torch.no_grad():
+        model.projection.weight.add_(1.0)  # a trained weight: the cache stays valid
+    assert FeatureCache(frames, model, 1, 1, progress=False).paths[0].parent == directory
+    assert cache.paths[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with torch.no_grad():
+        model.encoder.rgb.trunk.conv_stem.weight.mul_(0.5)  # a frozen weight: a new cache
+    assert FeatureCache(frames, model, 1, 1, progress=False).paths[0].parent != directory
+    other_k = FeatureCache(frames, _tiny_frozen_model(1), 1, 1, progress=False)
+    assert other_k.paths[0].parent not in (directory,) and len(list(other_k.paths[0].parent.glob("*.npy"))) == 4
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -103,3 +103,20 @@ def test_ablation_and_condition_tables(trained, sevenscenes, tmp_path):
     assert [r["label"] for r in rows] == ["day", "again"]
     assert rows[0]["results"] == rows[1]["results"]  # same queries, same map: same figures
     assert main(["eval", *data, "--ablations", "nonsense", "--json", str(tmp_path / "x.json")]) == 2
+
+
+def test_frozen_stages_train_from_the_feature_cache_and_resume(trained, sevenscenes, tmp_path):
+    root, _ = trained
+    config = yaml.safe_load((root / "tiny.yaml").read_text())
+    config["model"] = str(root / "tiny_model.yaml")
+    config["train"].update({"freeze_stages": 2, "image_variants": 1, "cloud_variants": 1})
+    config["validation"] = {"dataset": "rgbd", "root": str(sevenscenes), "frames": "10:400", "stride": 40}
+    (tmp_path / "frozen.yaml").write_text(yaml.safe_dump(config))
+    out, cache = tmp_path / "model", tmp_path / "cache"
+    run = ["train", "--config", str(tmp_path / "frozen.yaml"), "--out", str(out), "--no-progress", "--cache-dir", str(cache)]
+    assert main(run + ["--max-steps", "2"]) == 0
+    features = sorted(cache.glob("*/features-*"))
+    assert len(features) == 2 and sorted(len(list(d.glob("*.npy"))) for d in features) == [10, 20]  # validation, training
+    assert main(run + ["--resume"]) == 0
+    rows = list(csv.DictReader((out / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and float(rows[1]["val_recall@1"]) >= 0.0
