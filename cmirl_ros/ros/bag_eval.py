@@ -130,8 +130,8 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     positions = mapdb.keyframes.positions
     map_poses = np.repeat(np.eye(4)[None], len(positions), axis=0)
     map_poses[:, :3, 3] = positions
-    query_poses = bag.poses[frames]
-    correct = place_distances(query_poses, map_poses, bag.ground_axes) < radius
+    query_poses = bag.frame_convention.to_map(bag.poses[frames])
+    correct = place_distances(query_poses, map_poses, bag.frame_convention.ground_axes) < radius
     rankings = [candidate_ids(recorded.candidates[i], positions) for i in known]
     excluded = time_exclusion(recorded.stamps[known], mapdb.keyframes.stamps, exclude_seconds)
     k_pct = top1_percent_k(len(mapdb))
@@ -235,7 +235,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
     result.update({key: result["loop_closure"][key] for key in LOOP_CLOSURE_KEYS})
     if details:
         result["per_query"] = per_query
-        result["trajectory"] = bag.poses[:, :3, 3].tolist()
+        result["trajectory"] = bag.frame_convention.to_map(bag.poses)[:, :3, 3].tolist()  # map frame
         result["keyframes"] = mapdb.keyframes.positions.tolist()
     if owned:
         shutil.rmtree(workdir, ignore_errors=True)

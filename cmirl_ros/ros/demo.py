@@ -157,7 +157,7 @@ def print_summary(summary: dict, plot: Path) -> None:
 
 
 def plot_matches(result: dict, path: Path) -> None:
-    """Ground plane (x, z of the KITTI-style camera frame) with the map and each query's match."""
+    """Ground plane (x, y of the z-up map frame) with the map and each query's match."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,17 +168,17 @@ def plot_matches(result: dict, path: Path) -> None:
     keyframes = np.asarray(result["keyframes"])
     per_query = result["per_query"]
     fig, ax = plt.subplots(figsize=(8, 8))
-    ax.plot(trajectory[:, 0], trajectory[:, 2], color="0.7", lw=1, label="trajectory")
-    ax.scatter(keyframes[:, 0], keyframes[:, 2], s=6, color="0.4", label="map keyframes")
+    ax.plot(trajectory[:, 0], trajectory[:, 1], color="0.7", lw=1, label="trajectory")
+    ax.scatter(keyframes[:, 0], keyframes[:, 1], s=6, color="0.4", label="map keyframes")
     for truth, match, correct in zip(per_query["true_positions"], per_query["match_positions"], per_query["correct"]):
-        ax.plot([truth[0], match[0]], [truth[2], match[2]], color="tab:green" if correct else "tab:red", lw=0.8, alpha=0.7)
+        ax.plot([truth[0], match[0]], [truth[1], match[1]], color="tab:green" if correct else "tab:red", lw=0.8, alpha=0.7)
     ax.plot([], [], color="tab:green", label="correct match")
     ax.plot([], [], color="tab:red", label="wrong match")
     paper = result["protocols"]["paper"]
     recall = "n/a" if paper["recall@1"] is None else f"{100 * paper['recall@1']:.1f}%"
     ax.set_title(f"cmirl demo: {result['queries_answered']}/{result['images_played']} answered, Recall@1 {recall}")
     ax.set_xlabel("x (m)")
-    ax.set_ylabel("z (m)")
+    ax.set_ylabel("y (m)")
     ax.set_aspect("equal")
     ax.legend(loc="best")
     fig.tight_layout()
