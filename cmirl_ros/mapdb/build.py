@@ -4,8 +4,9 @@ Map side of the shared descriptor space: the keyframe's scan is FoV-projected in
 virtual query camera and encoded by the `Describer` (depth only); no image is used, so maps can be
 built from LiDAR-only runs. The stored pose is the camera pose T_map_cam of that frame (the query
 camera the scan was projected into) in the map frame: the dataset's pose converted by its
-`frame_convention` (KITTI: y-down camera-0 world -> z-up map), recorded in the manifest. With `cloud_voxel` the keyframe's scan is also kept,
-voxel-downsampled, for registration verification (`mapdb.clouds`).
+`frame_convention` (KITTI: y-down camera-0 world -> z-up map), recorded in the manifest. With
+`cloud_voxel` the keyframe's scan is also kept, voxel-downsampled, for registration verification
+(`mapdb.clouds`).
 """
 from __future__ import annotations
 
