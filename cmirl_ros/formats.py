@@ -12,6 +12,7 @@ imports this module to catch them.
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -87,6 +88,18 @@ def sha256_hex(v: Any) -> str | None:
     return None if fits else "a sha256 (64 lowercase hex digits)"
 
 
+def transform_16(v: Any) -> str | None:
+    """16 finite numbers, a row-major 4x4 transform (rigidity is checked with the poses)."""
+    fits = isinstance(v, list) and len(v) == 16 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    return None if fits else "16 finite numbers (a row-major 4x4 transform)"
+
+
+def axes_or_null(v: Any) -> str | None:
+    fits = v is None or (isinstance(v, list) and 1 <= len(v) <= 3 and all(integer(0)(a) is None and a <= 2 for a in v))
+    return None if fits else "null or a list of axes among 0, 1, 2"
+
+
 def any_object(v: Any) -> str | None:
     return None if isinstance(v, dict) else "an object"
 
@@ -119,7 +132,7 @@ def _describe(e: Exception, path: Path) -> str:
 
 # ------------------------------------------------------------------------------ the schemas at load
 MAP_FORMAT = "cmirl_map"
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2  # 2: keyframe poses in the map frame of `frame_convention` (z-up for KITTI)
 MAP_FILES = ("descriptors.npy", "keyframes.csv", "index.faiss")  # tokens.npy is optional
 _MAP_FILE = {"sha256": sha256_hex, "bytes": integer(0)}
 MAP_MANIFEST_SCHEMA = {
@@ -128,6 +141,8 @@ MAP_MANIFEST_SCHEMA = {
     "files": {**{name: _MAP_FILE for name in MAP_FILES}, "tokens.npy?": _MAP_FILE},
     "counts": {"keyframes": integer(0)},
     "model?": {"name?": text, "fingerprint?": text},
+    "frame_convention": {"map_frame": text, "source_world": text, "T_map_world": transform_16,
+                         "ground_axes?": axes_or_null},
     "tokens?": {"grid?": lambda v: None if isinstance(v, list) and len(v) == 2 and all(
         integer(1)(n) is None for n in v) else "[rows, columns]"},
 }

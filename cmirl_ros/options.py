@@ -215,7 +215,7 @@ SECTIONS = (
         Option("publish_loop_closure", True, "loop closures on ~/loop_closure"),
         Option("publish_markers", True, "~/markers (matches) and ~/map_markers (keyframes, latched)"),
         Option("publish_debug_image", False, "~/debug_image: the query with its match written on it"),
-        Option("marker_lift", [0.0, -5.0, 0.0], "offset of the query marker from its estimate (KITTI frames: y down)",
+        Option("marker_lift", [0.0, 0.0, 5.0], "offset of the query marker from its estimate (map frame, z up)",
                length=3),
     )),
     Section("diagnostics", "diagnostics and logs", (NODE,), (

@@ -127,6 +127,16 @@ MAP_CASES: dict[str, ProbeCase] = {
     "index_config_m_text": ProbeCase(lambda d: edit_manifest(d, _set("x", "index", "config", "hnsw_m")), MANIFEST),
     "index_config_a_list": ProbeCase(lambda d: edit_manifest(d, _set([], "index", "config")), MANIFEST),
     "model_a_string": ProbeCase(lambda d: edit_manifest(d, _set("model", "model")), MANIFEST),
+    # The map frame (format version 2): maps from before it, and damaged conventions.
+    "format_version_1_without_frames": ProbeCase(lambda d: edit_manifest(d, lambda m: (
+        m.update(format_version=1), m.pop("frame_convention"))[0]), MANIFEST),
+    "frame_convention_missing": ProbeCase(lambda d: edit_manifest(d, _delete("frame_convention")), MANIFEST),
+    "frame_convention_short": ProbeCase(lambda d: edit_manifest(d, _set([1.0] * 12, "frame_convention", "T_map_world")),
+                                        MANIFEST),
+    "frame_convention_not_rigid": ProbeCase(lambda d: edit_manifest(d, _set(
+        [2.0, 0, 0, 0, 0, 2.0, 0, 0, 0, 0, 2.0, 0, 0, 0, 0, 1.0], "frame_convention", "T_map_world")), MANIFEST),
+    "frame_convention_nan": ProbeCase(lambda d: edit_manifest(d, _set(
+        [float("nan")] + [0.0] * 15, "frame_convention", "T_map_world")), MANIFEST),
     "missing_bytes": ProbeCase(lambda d: (d / DESCRIPTORS).write_bytes((d / DESCRIPTORS).read_bytes()[:-7]), DESCRIPTORS),
     "descriptors_truncated_with_checksum": ProbeCase(
         lambda d: rewrite_file(d, DESCRIPTORS, (d / DESCRIPTORS).read_bytes()[:-128]), DESCRIPTORS),

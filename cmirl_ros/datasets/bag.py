@@ -8,6 +8,7 @@ arguments of `BagSequence`):
   (image_transport's name) when the bag has no raw images; `sensor_msgs/CameraInfo` on /camera/camera_info
 - `sensor_msgs/PointCloud2` on /lidar/points
 - `nav_msgs/Odometry` on /ground_truth/odometry: the pose of the camera (child frame) in the map
+  (header frame; REP 105's z-up `map` in the bags `from-kitti` writes): maps store it as given
 - `tf2_msgs/TFMessage` on /tf_static: the extrinsics, as any tf tree connecting the camera_info's
   frame and the scans' frame (a robot's base_link -> velodyne, base_link -> camera_optical, or
   one camera -> LiDAR edge); the calibration comes from it and camera_info, no calib file.
@@ -20,7 +21,7 @@ import numpy as np
 
 from cmirl_ros.datasets.base import DATASETS, Dataset, Frame, select_frames
 from cmirl_ros.geometry import Calibration, make_transform, quaternion_to_matrix
-from cmirl_ros.geometry.frames import calibration_from_tf
+from cmirl_ros.geometry.frames import as_given, calibration_from_tf
 from cmirl_ros.geometry.tf_tree import TfError, TfTree
 from cmirl_ros.sensor_decoding import (
     MalformedMessage,
@@ -102,6 +103,7 @@ class BagSequence(Dataset):
         self.stamps = all_stamps[self.frame_ids]
         pose_stamps, poses = index["odometry"]
         self.poses = interpolate_poses(self.stamps, pose_stamps, poses)
+        self.frame_convention = as_given(f"bag: the ground-truth odometry's frame '{self._odometry_frame}'")
         self._scan_stamps, self._scan_times = index.get("points", (np.zeros(0), np.zeros(0, np.int64)))
 
     @property
@@ -130,6 +132,7 @@ class BagSequence(Dataset):
                 continue
             msg = self._deserialize(connection, raw)
             if role == "odometry":
+                self._odometry_frame = msg.header.frame_id
                 records["odometry"].append((stamp_to_seconds(msg.header.stamp), pose_to_matrix(msg.pose.pose)))
             elif role == "camera_info" and self._camera_info is None:
                 self._camera_info = msg
@@ -151,6 +154,13 @@ class BagSequence(Dataset):
         odometry = sorted(records["odometry"], key=lambda r: r[0])
         index["odometry"] = (np.array([r[0] for r in odometry]), np.stack([r[1] for r in odometry]))
         return index
+
+    def camera_on_base(self, base_frame: str) -> np.ndarray:
+        """T_base_cam: the camera's (camera_info's) frame on `base_frame`, from /tf_static."""
+        try:
+            return self._tf_static.lookup(base_frame, self._camera_info.header.frame_id)
+        except (TfError, AttributeError) as e:
+            raise ValueError(f"{self.path}: no transform {base_frame} -> camera in {self.topics['tf_static']}: {e}") from None
 
     def _calibration(self) -> Calibration:
         """Intrinsics from camera_info, extrinsics from /tf_static: camera_info's frame <- the scans' frame."""

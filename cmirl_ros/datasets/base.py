@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cmirl_ros.geometry import Calibration
+from cmirl_ros.geometry.frames import FrameConvention
 from cmirl_ros.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -31,8 +32,9 @@ class Dataset(abc.ABC):
     name: str
     calib: Calibration
     stamps: np.ndarray  # (N,)
-    poses: np.ndarray  # (N,4,4) T_world_cam
-    ground_axes: tuple[int, ...] | None  # axes of the ground plane for place distances; None = 3D
+    poses: np.ndarray  # (N,4,4) T_world_cam, in the dataset's own world
+    ground_axes: tuple[int, ...] | None  # axes of the ground plane of that world for place distances; None = 3D
+    frame_convention: FrameConvention  # that world, and the transform into the map frame maps store
     frame_ids: list[int]  # source frame numbers (what --frames selects on)
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from cmirl_ros.datasets.base import DATASETS, Dataset, Frame, select_frames
 from cmirl_ros.geometry import KITTI_GROUND_AXES, read_kitti_calib, read_kitti_poses, read_times
+from cmirl_ros.geometry.frames import KITTI_CAMERA0
 from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 
 
@@ -36,6 +37,7 @@ def read_rgb(path: Path) -> np.ndarray:
 @DATASETS.register("kitti")
 class KittiSequence(Dataset):
     ground_axes = KITTI_GROUND_AXES
+    frame_convention = KITTI_CAMERA0  # poses in the y-down camera-0 world; maps store them z-up
 
     def __init__(self, root: Path, seq: str | None = None, frames: slice = slice(None)):
         if seq is None:

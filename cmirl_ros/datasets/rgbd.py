@@ -13,6 +13,7 @@ from PIL import Image
 from cmirl_ros.datasets.base import DATASETS, Dataset, Frame, select_frames
 from cmirl_ros.datasets.kitti import read_rgb
 from cmirl_ros.geometry import Calibration, PinholeCamera
+from cmirl_ros.geometry.frames import as_given
 
 FRAME_RATE_HZ = 30.0  # 7-Scenes is recorded at 30 Hz and ships no timestamps
 INVALID_DEPTH = 65535
@@ -63,6 +64,7 @@ class RGBDSequence(Dataset):
     """
 
     ground_axes = None
+    frame_convention = as_given("rgbd: the sequence's own world (pose.txt camera-to-world), stored as given")
 
     def __init__(self, root: Path, seq: str | None = None, frames: slice = slice(None)):
         self.root = Path(root) / f"seq-{seq}" if seq else Path(root)

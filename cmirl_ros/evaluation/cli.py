@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     base = open_dataset(args)
     parse_frames(args.map_frames, "--map-frames")  # refused now, not after the models are loaded
-    axes = base.ground_axes
+    axes = base.frame_convention.ground_axes  # queries and keyframes are compared in the map frame
     label = args.label or args.seq or base.name
     databases: dict[int, object] = {}
     if args.verify == "registration" and not args.with_scan:

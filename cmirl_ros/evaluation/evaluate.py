@@ -12,7 +12,7 @@ from cmirl_ros.evaluation.metrics import PROTOCOLS, RetrievalResult, evaluate_pr
 @dataclass
 class MapSide:
     descriptors: np.ndarray  # (M,D)
-    poses: np.ndarray  # (M,4,4) T_world_cam
+    poses: np.ndarray  # (M,4,4) T_map_cam (the map frame)
     stamps: np.ndarray  # (M,)
 
     @classmethod
@@ -25,12 +25,13 @@ class MapSide:
 @dataclass
 class QuerySide:
     descriptors: np.ndarray
-    poses: np.ndarray
+    poses: np.ndarray  # (Q,4,4) ground truth T_map_cam: the dataset's poses in the map frame
     stamps: np.ndarray
 
 
 def encode_queries(model, dataset, with_scan: bool = False, chunk: int = 32, progress: bool = True) -> QuerySide:
-    """Images (and, with `with_scan`, their scans) of every selected frame -> descriptors."""
+    """Images (and, with `with_scan`, their scans) of every selected frame -> descriptors; the ground
+    truth converted into the map frame by the dataset's frame convention."""
     from tqdm import tqdm
 
     from cmirl_ros.models import Describer
@@ -44,7 +45,7 @@ def encode_queries(model, dataset, with_scan: bool = False, chunk: int = 32, pro
                                     dataset=dataset.name).descriptors)
     dim = getattr(model, "descriptor_dim", 0)
     descriptors = np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-    return QuerySide(descriptors, np.asarray(dataset.poses), np.asarray(dataset.stamps))
+    return QuerySide(descriptors, dataset.frame_convention.to_map(dataset.poses), np.asarray(dataset.stamps))
 
 
 def score(queries: QuerySide, map_side: MapSide, radius: float, axes=None, angle_deg: float | None = None,

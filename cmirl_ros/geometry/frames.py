@@ -12,8 +12,15 @@ KITTI's base: the odometry benchmark's calib.txt knows the cameras and the Velod
 IMU. Our base_link is the Velodyne frame (x forward, y left, z up already) moved down to the road
 below it (KITTI's Velodyne is mounted 1.73 m above the ground): REP 105's base frame on the
 vehicle, heights in the map then being those of the road under the car.
+
+Maps store keyframe poses in the map frame: each dataset says which world its poses are in and the
+transform into the map (`FrameConvention`, recorded in a map's manifest as `frame_convention`);
+every comparison of a query's ground truth with keyframe poses converts the ground truth with its
+dataset's convention (`FrameConvention.to_map`) and measures ground distances on its `ground_axes`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +35,44 @@ R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0],
 # KITTI's world is the first camera-0 optical frame: the z-up map sees it as a body sees its camera.
 T_MAP_KITTI_WORLD = make_transform(R_BODY_OPTICAL, np.zeros(3))
 KITTI_VELODYNE_HEIGHT = 1.73  # m above the road (KITTI setup, Geiger et al. 2013)
+Z_UP_MAP = "z-up (REP 103)"
+AS_GIVEN = "the source world as given"
+
+
+@dataclass(frozen=True, eq=False)
+class FrameConvention:
+    """The world a dataset's poses are in and the rigid transform into the map frame a map stores.
+
+    `ground_axes`: the axes of the ground plane in the map frame, for ground distances (None: 3D)."""
+
+    source_world: str
+    T_map_world: np.ndarray
+    map_frame: str = Z_UP_MAP
+    ground_axes: tuple[int, ...] | None = (0, 1)
+
+    def to_map(self, T_world_x: np.ndarray) -> np.ndarray:
+        """Pose(s) (4x4 or (N,4,4)) in the source world -> the same pose(s) in the map frame."""
+        return self.T_map_world @ np.asarray(T_world_x, dtype=np.float64)
+
+    def to_manifest(self) -> dict:
+        return {"map_frame": self.map_frame, "source_world": self.source_world,
+                "T_map_world": [float(v) for v in np.asarray(self.T_map_world, dtype=np.float64).reshape(16)],
+                "ground_axes": None if self.ground_axes is None else list(self.ground_axes)}
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> "FrameConvention":
+        axes = entry.get("ground_axes")
+        return cls(entry["source_world"], np.asarray(entry["T_map_world"], dtype=np.float64).reshape(4, 4),
+                   entry["map_frame"], None if axes is None else tuple(int(a) for a in axes))
+
+
+def as_given(source_world: str, ground_axes: tuple[int, ...] | None = None) -> FrameConvention:
+    """A world stored unchanged (identity): 7-Scenes' own world, a bag's ground-truth frame."""
+    return FrameConvention(source_world, np.eye(4), AS_GIVEN, ground_axes)
+
+
+KITTI_CAMERA0 = FrameConvention("kitti_camera0: the first camera-0 optical frame (x right, y down, z forward)",
+                                T_MAP_KITTI_WORLD)
 
 
 def kitti_world_to_map(T_world_x: np.ndarray) -> np.ndarray:
@@ -39,6 +84,17 @@ def base_pose_in_map(T_world_cam: np.ndarray, T_base_cam: np.ndarray) -> np.ndar
     """The base frame's pose(s) in the z-up map, from the camera's pose(s) in KITTI's world and the
     camera's pose on the base (tf's base_link -> camera_optical, or `kitti_T_base_cam`)."""
     return kitti_world_to_map(T_world_cam) @ invert_transform(np.asarray(T_base_cam, dtype=np.float64))
+
+
+def base_covariance(covariance: np.ndarray, T_map_cam: np.ndarray, T_map_base: np.ndarray) -> np.ndarray:
+    """The (6,6) covariance of (x, y, z, rx, ry, rz) about the map's fixed axes of a camera pose, moved
+    to the base it is mounted on: the rotation error is shared, and turns the lever from the camera to
+    the base, so the base position picks up -[lever]x times it (J Sigma J^T)."""
+    lever = np.asarray(T_map_base, np.float64)[:3, 3] - np.asarray(T_map_cam, np.float64)[:3, 3]
+    jacobian = np.eye(6)
+    jacobian[:3, 3:] = -np.array([[0.0, -lever[2], lever[1]], [lever[2], 0.0, -lever[0]], [-lever[1], lever[0], 0.0]])
+    moved = jacobian @ np.asarray(covariance, np.float64).reshape(6, 6) @ jacobian.T
+    return 0.5 * (moved + moved.T)
 
 
 def pose_2d(T_map_base: np.ndarray) -> tuple[float, float, float]:

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         queries.append(_query_record(frame, result, mapdb.keyframes, map_poses, dataset, args))
         query_poses.append(frame.T_world_cam)
     summary = summarize(queries, args.top_k)
-    loop_closure = loop_closure_of(queries, dataset.ground_axes, args, map_poses, np.array(query_poses))
+    loop_closure = loop_closure_of(queries, dataset.frame_convention.ground_axes, args, map_poses,
+                                   dataset.frame_convention.to_map(np.array(query_poses)))
     summary.update({key: loop_closure.to_dict()[key] for key in LOOP_CLOSURE_KEYS})
     if args.verify == "registration":
         summary.update(verified_summary(queries))
@@ -108,7 +109,9 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     from cmirl_ros.evaluation.metrics import pose_errors
     from cmirl_ros.geometry.poses import place_distances
 
-    distances = place_distances(frame.T_world_cam[None], map_poses, dataset.ground_axes)[0]
+    truth = dataset.frame_convention.to_map(frame.T_world_cam)  # ground truth in the map frame
+    axes = dataset.frame_convention.ground_axes
+    distances = place_distances(truth[None], map_poses, axes)[0]
     allowed = np.ones(len(distances), bool)
     if args.exclude_seconds > 0:
         allowed = ~((np.abs(kf.stamps - frame.stamp) <= args.exclude_seconds) & (kf.sessions == dataset.name))
@@ -118,7 +121,7 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
     output_pose = None if best is None else best.T_world_query if best.T_world_query is not None else best.T_world_cam
     return {
         "index": frame.index, "name": frame.name, "stamp": frame.stamp,
-        "position": frame.T_world_cam[:3, 3].tolist(),
+        "position": truth[:3, 3].tolist(),
         "matches": [dict(m.to_dict(), distance_m=float(distances[m.keyframe_id])) for m in result.matches],
         "covariance_diag": None if result.covariance is None else np.diag(result.covariance).tolist(),
         "counted": bool(reachable.any()),
@@ -126,8 +129,7 @@ def _query_record(frame, result, kf, map_poses, dataset, args) -> dict:
         "correct_topk": any(hits),
         "chance_correct": float(reachable.sum() / max(allowed.sum(), 1)),
         # The output pose: refined by registration when verified, else the matched keyframe's.
-        "pose_error": None if output_pose is None else pose_errors(output_pose, frame.T_world_cam,
-                                                                   dataset.ground_axes)[0].tolist(),
+        "pose_error": None if output_pose is None else pose_errors(output_pose, truth, axes)[0].tolist(),
         "timings_ms": result.timings_ms,
     }
 

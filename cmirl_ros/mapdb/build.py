@@ -2,9 +2,11 @@
 
 Map side of the shared descriptor space: the keyframe's scan is FoV-projected into the model's
 virtual query camera and encoded by the `Describer` (depth only); no image is used, so maps can be
-built from LiDAR-only runs. The stored pose is the camera pose T_world_cam of that frame (the query
-camera the scan was projected into). With `cloud_voxel` the keyframe's scan is also kept,
-voxel-downsampled, for registration verification (`mapdb.clouds`).
+built from LiDAR-only runs. The stored pose is the camera pose T_map_cam of that frame (the query
+camera the scan was projected into) in the map frame: the dataset's pose converted by its
+`frame_convention` (KITTI: y-down camera-0 world -> z-up map), recorded in the manifest. With
+`cloud_voxel` the keyframe's scan is also kept, voxel-downsampled, for registration verification
+(`mapdb.clouds`).
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from cmirl_ros.mapdb.keyframes import Keyframes, select_keyframes
 def build_map(dataset, model, keyframe_distance: float = 0.0, keyframe_angle: float = 0.0,
               index_config=None, batch_size: int = 8, frame_id: str = "map", progress: bool = True,
               tokens_grid: tuple[int, int] | None = None, cloud_voxel: float | None = None) -> MapDatabase:
-    """MapDatabase over the keyframes of `dataset` (distance in metres on its ground axes, angle in degrees).
+    """MapDatabase over the keyframes of `dataset` (distance in metres on the map's ground axes, angle in degrees).
     `tokens_grid`: also store pooled local depth tokens (for the `cross_attention` reranker).
     `cloud_voxel`: also store each keyframe's scan downsampled with this voxel edge (m)."""
-    rows = select_keyframes(dataset.poses, keyframe_distance, keyframe_angle, dataset.ground_axes)
+    convention = dataset.frame_convention
+    poses = convention.to_map(dataset.poses)
+    rows = select_keyframes(poses, keyframe_distance, keyframe_angle, convention.ground_axes)
     if len(rows) == 0:
         raise ValueError(f"dataset {dataset.name}: no frames to build a map from")
     from cmirl_ros.models import Describer
@@ -38,7 +42,7 @@ def build_map(dataset, model, keyframe_distance: float = 0.0, keyframe_angle: fl
         names += [frame.name for frame in frames]
         if cloud_voxel:
             clouds += [KeyframeClouds.from_scans([f.points], f.calib.T_cam_sensor[None], cloud_voxel) for f in frames]
-    keyframes = Keyframes.from_poses(dataset.poses[rows], dataset.stamps[rows], dataset.name, names, frame_id)
+    keyframes = Keyframes.from_poses(poses[rows], dataset.stamps[rows], dataset.name, names, frame_id)
     manifest = map_manifest(model, dataset, keyframe_distance, keyframe_angle)
     if tokens_grid:
         manifest["tokens"] = {"grid": list(tokens_grid), "source": "fused local features of the depth path"}
@@ -56,12 +60,15 @@ def model_record(model) -> dict:
 
 
 def map_manifest(model, dataset, keyframe_distance: float, keyframe_angle: float) -> dict:
+    convention = dataset.frame_convention
     return {
         "model": model_record(model),
         "preprocessing": model.preprocessing.to_dict(),
         "source": {"dataset": dataset.name, "frames": len(dataset)},
         "keyframe_selection": {"distance_m": keyframe_distance, "angle_deg": keyframe_angle,
-                               "ground_axes": list(dataset.ground_axes) if dataset.ground_axes else None},
-        "pose_convention": "T_world_cam of the source frame's query camera; position xyz + quaternion xyzw",
+                               "ground_axes": list(convention.ground_axes) if convention.ground_axes else None},
+        "frame_convention": convention.to_manifest(),
+        "pose_convention": "T_map_cam of the source frame's query camera in the map frame (frame_convention); "
+                           "position xyz + quaternion xyzw",
         "counts": {"source_frames": len(dataset)},
     }

@@ -104,6 +104,7 @@ def _info(args: argparse.Namespace) -> int:
         "model": {k: manifest.get("model", {}).get(k) for k in ("name", "fingerprint")},
         "keyframes": len(mapdb),
         "sessions": sorted(set(mapdb.keyframes.sessions.tolist())),
+        "frame_convention": manifest["frame_convention"],
         "descriptor": manifest["descriptor"],
         "index": mapdb.index_type,
         "tokens": None if mapdb.tokens is None else list(mapdb.tokens.shape[1:]),
@@ -127,7 +128,7 @@ def _clouds_summary(mapdb) -> dict | None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """Merge every keyframe cloud into the map frame (T_world_cam @ T_cam_sensor) and write a binary PLY."""
+    """Merge every keyframe cloud into the map frame (T_map_cam @ T_cam_sensor) and write a binary PLY."""
     from cmirl_ros.mapdb import MapDatabase
     from cmirl_ros.mapdb.export import merged_cloud, write_ply
 

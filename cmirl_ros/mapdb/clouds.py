@@ -6,7 +6,7 @@ Stored in the map directory beside the descriptors (checksummed in `manifest.jso
   point, half of float32 and finer than float16 beyond 16 m).
 - `cloud_offsets.npy`: (N+1,) int64; keyframe i owns rows offsets[i]:offsets[i+1].
 - `cloud_T_cam_sensor.npy`: (N, 4, 4) float64, the keyframe's sensor pose in its camera, so a
-  cloud is placed in the map frame by T_world_cam (keyframes.csv) @ T_cam_sensor.
+  cloud is placed in the map frame by T_map_cam (keyframes.csv, map frame) @ T_cam_sensor.
 The manifest's `clouds` entry records the voxel size, the scale and the point count.
 """
 from __future__ import annotations
@@ -52,8 +52,9 @@ class KeyframeClouds:
         """(n, 3) float32 points of keyframe i in its sensor frame."""
         return self.points[self.offsets[i] : self.offsets[i + 1]].astype(np.float32) * np.float32(self.scale_m)
 
-    def in_map_frame(self, i: int, T_world_cam: np.ndarray) -> np.ndarray:
-        return transform_points(np.asarray(T_world_cam) @ self.T_cam_sensor[i], self.cloud(i))
+    def in_map_frame(self, i: int, T_map_cam: np.ndarray) -> np.ndarray:
+        """Keyframe i's points in the map frame, from its camera pose there (`Keyframes.pose(i)`)."""
+        return transform_points(np.asarray(T_map_cam) @ self.T_cam_sensor[i], self.cloud(i))
 
     @classmethod
     def from_scans(cls, scans, T_cam_sensor, voxel_m: float) -> "KeyframeClouds":
@@ -78,7 +79,7 @@ class KeyframeClouds:
         np.save(directory / CLOUD_OFFSETS, np.ascontiguousarray(self.offsets, dtype=np.int64))
         np.save(directory / CLOUD_T_CAM_SENSOR, np.ascontiguousarray(self.T_cam_sensor, dtype=np.float64))
         return {"voxel_m": self.voxel_m, "scale_m": self.scale_m, "dtype": "int16", "points": int(len(self.points)),
-                "frame": "each keyframe's range-sensor frame; map frame = T_world_cam @ T_cam_sensor"}
+                "frame": "each keyframe's range-sensor frame; map frame = T_map_cam @ T_cam_sensor"}
 
     @classmethod
     def load(cls, directory: Path, entry: dict, count: int) -> "KeyframeClouds":

@@ -1,9 +1,11 @@
 """The map database: keyframe descriptors, their poses, and a FAISS index, saved as a directory.
 
-Directory layout (format version 1):
+Directory layout (format version 2):
 - `manifest.json`: format and version, model (name, config, fingerprint), preprocessing and virtual
   camera, descriptor size and metric, index type and parameters, counts, creation time, source,
-  keyframe selection, and the sha256 + size of every other file.
+  keyframe selection, the frame convention (`frame_convention`: the map frame, the source world and
+  T_map_world, the ground axes), and the sha256 + size of every other file. Version 1 maps (poses in
+  the source dataset's world) are refused with a message saying to rebuild them.
 - `descriptors.npy`: (N, D) float32, L2-normalised; row i belongs to keyframe i.
 - `keyframes.csv`: id, stamp, session, source_frame, x, y, z, qx, qy, qz, qw, frame_id.
 - `index.faiss`: the FAISS index over the descriptors (row numbers are keyframe ids).
@@ -22,6 +24,7 @@ import numpy as np
 from cmirl_ros.formats import MAP_FORMAT as FORMAT
 from cmirl_ros.formats import MAP_FORMAT_VERSION as FORMAT_VERSION
 from cmirl_ros.formats import MapFormatError, refusing
+from cmirl_ros.geometry.frames import FrameConvention, as_given
 from cmirl_ros.mapdb.clouds import CLOUD_FILES, KeyframeClouds
 from cmirl_ros.mapdb.keyframes import Keyframes
 from cmirl_ros.mapdb.storage import atomic_directory, sha256_file
@@ -64,6 +67,8 @@ class MapDatabase:
         self.tokens = tokens
         self.clouds = clouds
         self.manifest = dict(manifest or {})
+        # Keyframes handed over without a convention are taken as already in the map frame.
+        self.manifest.setdefault("frame_convention", as_given("map").to_manifest())
         self.index_config = index_config or IndexConfig()
         if index is None:
             index, kind = build_index(descriptors, self.index_config)
@@ -80,6 +85,11 @@ class MapDatabase:
     @property
     def descriptor_dim(self) -> int:
         return int(self.descriptors.shape[1])
+
+    @property
+    def frame_convention(self) -> FrameConvention:
+        """How the keyframe poses' map frame was made from the source dataset's world."""
+        return FrameConvention.from_manifest(self.manifest["frame_convention"])
 
     @property
     def fingerprint(self) -> str | None:
@@ -206,7 +216,7 @@ class MapDatabase:
             raise ValueError("nothing to merge")
         first = maps[0].manifest
         for m in maps[1:]:
-            for key in ("model", "preprocessing"):
+            for key in ("model", "preprocessing", "frame_convention"):
                 if m.manifest.get(key) != first.get(key):
                     raise ValueError(f"cannot merge maps with different {key}: {first.get(key)} vs {m.manifest.get(key)}")
             if m.descriptor_dim != maps[0].descriptor_dim:

@@ -22,7 +22,7 @@ def merged_cloud(mapdb, voxel_m: float | None = None) -> np.ndarray:
 def write_ply(path: str | Path, points: np.ndarray) -> None:
     """Binary little-endian PLY with float x, y, z vertices, written atomically."""
     points = np.ascontiguousarray(points, dtype="<f4").reshape(-1, 3)
-    header = ("ply\nformat binary_little_endian 1.0\ncomment cmirl_ros map export (map frame)\n"
+    header = ("ply\nformat binary_little_endian 1.0\ncomment cmirl_ros map export (map frame, see the manifest's frame_convention)\n"
               f"element vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\nend_header\n")
     atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(header.encode("ascii") + points.tobytes()))
 

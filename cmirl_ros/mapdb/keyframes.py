@@ -18,8 +18,9 @@ COLUMNS = ("id", "stamp", "session", "source_frame", "x", "y", "z", "qx", "qy", 
 class Keyframes:
     """Row i describes descriptor i. `id` is always the row number (merged maps renumber).
 
-    The pose is the camera pose T_world_cam of the source frame (the query camera the scan was
-    projected into), as position xyz + quaternion xyzw, in the map frame `frame_id`.
+    The pose is the camera pose T_map_cam of the source frame (the query camera the scan was
+    projected into), as position xyz + quaternion xyzw, in the map frame `frame_id` (z-up for
+    KITTI: the manifest's `frame_convention` says how it was made from the dataset's world).
     `session` names the recording (the dataset name, for example `kitti-00`): the temporal exclusion window only
     applies to keyframes of the query's own session.
     """

@@ -24,6 +24,9 @@ from cmirl_ros.mapdb.storage import recover_interrupted_save, sha256_file
 
 MANIFEST = "manifest.json"
 UNIT_QUATERNION_TOLERANCE = 1e-3  # stored quaternions are unit to ~1e-16; a hand edit with 4 digits still passes
+RIGID_TOLERANCE = 1e-6
+OLD_MAP = ("a map from before the map frame: its keyframe poses are in the source dataset's own world "
+           "(KITTI: the y-down camera-0 world), not the map frame the localizer publishes in (z-up for KITTI)")
 
 
 def read_manifest(directory: Path) -> dict:
@@ -37,13 +40,25 @@ def read_manifest(directory: Path) -> dict:
         manifest = json.loads(path.read_text())
     if not isinstance(manifest, dict) or manifest.get("format") != MAP_FORMAT:
         raise MapFormatError(path, "not a cmirl map manifest")
+    if manifest.get("format_version") == 1:
+        raise MapFormatError(path, f"{OLD_MAP} (map format version 1); rebuild the map: cmirl map build "
+                                   f"--dataset ... --out {directory} --overwrite")
     if manifest.get("format_version") != MAP_FORMAT_VERSION:
         raise MapFormatError(path, f"map format version {manifest.get('format_version')} is not supported "
                                    f"(this cmirl_ros reads version {MAP_FORMAT_VERSION}); rebuild the map with `cmirl map build`")
     problem = schema_problem(manifest, MAP_MANIFEST_SCHEMA)
     if problem:
         raise MapFormatError(path, f"invalid manifest: {problem}")
+    _check_rigid(np.asarray(manifest["frame_convention"]["T_map_world"], np.float64).reshape(4, 4), path)
     return manifest
+
+
+def _check_rigid(T: np.ndarray, path: Path) -> None:
+    R = T[:3, :3]
+    if not (np.allclose(R @ R.T, np.eye(3), atol=RIGID_TOLERANCE) and abs(np.linalg.det(R) - 1.0) < RIGID_TOLERANCE
+            and np.array_equal(T[3], [0.0, 0.0, 0.0, 1.0])):
+        raise MapFormatError(path, "invalid manifest: 'frame_convention.T_map_world' is not a rigid transform "
+                                   "(rotation + translation, last row 0 0 0 1)")
 
 
 def check_model(manifest: dict, path: Path, expect_fingerprint: str | None) -> None:

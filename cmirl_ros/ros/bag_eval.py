@@ -152,8 +152,8 @@ def score(recorded: Recorded, bag: BagSequence, mapdb, radius: float, exclude_se
     positions = mapdb.keyframes.positions
     map_poses = np.repeat(np.eye(4)[None], len(positions), axis=0)
     map_poses[:, :3, 3] = positions
-    query_poses = bag.poses[frames]
-    correct = place_distances(query_poses, map_poses, bag.ground_axes) < radius
+    query_poses = bag.frame_convention.to_map(bag.poses[frames])
+    correct = place_distances(query_poses, map_poses, bag.frame_convention.ground_axes) < radius
     rankings = [recorded.candidates[i] for i in known]
     excluded = time_exclusion(recorded.stamps[known], mapdb.keyframes.stamps, exclude_seconds)
     k_pct = top1_percent_k(len(mapdb))
@@ -206,28 +206,36 @@ def read_match_poses(path: Path) -> dict[float, np.ndarray]:
     return poses
 
 
+def map_truth(bag: BagSequence) -> np.ndarray:
+    """(F,4,4) the bag's ground-truth poses in the map frame (its frame convention)."""
+    return bag.frame_convention.to_map(bag.poses)
+
+
 def _revisits(bag: BagSequence, mapdb, radius: float, exclude_seconds: float) -> np.ndarray:
     """(F,) whether each bag frame's place is in the map outside its exclusion window."""
     from cmirl_ros.geometry import place_distances, time_exclusion
 
-    near = place_distances(bag.poses, mapdb.keyframes.poses(), bag.ground_axes) < radius
+    near = place_distances(map_truth(bag), mapdb.keyframes.poses(), bag.frame_convention.ground_axes) < radius
     return (near & ~time_exclusion(bag.stamps, mapdb.keyframes.stamps, exclude_seconds)).any(1)
 
 
 def registration_figures(recording: Path, recorded: Recorded, bag: BagSequence, mapdb, radius: float,
                          exclude_seconds: float) -> dict:
     """Verified figures of a node that ran `verify: registration`: every published match is verified;
-    one is correct when its refined pose is within 1 m and 5 degrees of the ground truth (as `cmirl eval`)."""
+    one is correct when its refined pose is within 1 m and 5 degrees of the ground truth (as `cmirl eval`).
+    The node publishes base poses, the bag's ground truth is the camera's: compared as camera poses."""
     from cmirl_ros.evaluation.metrics import pose_errors, poses_within, verified_match_figures
+    from cmirl_ros.ros.bag_writer import BASE_FRAME
 
-    published = read_match_poses(recording)
+    published, truth = read_match_poses(recording), map_truth(bag)
+    T_base_cam = bag.camera_on_base(BASE_FRAME)
     frames = nearest_stamps(np.array(list(published)), bag.stamps)
     errors = np.full((len(bag.stamps), 2), np.nan)
     verified = np.zeros(len(bag.stamps), bool)
     for frame, pose in zip(frames, published.values()):
         if frame >= 0:
             verified[frame] = True
-            errors[frame] = pose_errors(pose, bag.poses[frame], bag.ground_axes)[0]
+            errors[frame] = pose_errors(pose @ T_base_cam, truth[frame], bag.frame_convention.ground_axes)[0]
     figures = verified_match_figures(verified, poses_within(errors), _revisits(bag, mapdb, radius, exclude_seconds),
                                      errors)
     last = recorded.diagnostics[-1] if recorded.diagnostics else {}
@@ -245,7 +253,7 @@ def sequence_figures(recorded: Recorded, bag: BagSequence, mapdb, radius: float,
     frames = nearest_stamps(recorded.stamps, bag.stamps)
     known = np.flatnonzero(frames >= 0)
     frames = frames[known]
-    keyframe_poses = mapdb.keyframes.poses()
+    keyframe_poses, truth = mapdb.keyframes.poses(), map_truth(bag)[frames]
     depth = config.candidates
     ranked = np.zeros((len(known), depth), np.int64)
     ranked_scores = np.full((len(known), depth), -np.inf)
@@ -253,9 +261,9 @@ def sequence_figures(recorded: Recorded, bag: BagSequence, mapdb, radius: float,
         ids = recorded.candidates[i][:depth]
         ranked[row, :len(ids)], ranked_scores[row, :len(ids)] = ids, recorded.scores[i][:depth]
     picked, accepted, scores = verify_ranked(recorded.stamps[known], ranked, ranked_scores,
-                                             keyframe_poses, bag.poses[frames] if odometry else None, config,
-                                             bag.ground_axes)
-    errors = pose_errors(keyframe_poses[picked], bag.poses[frames], bag.ground_axes)
+                                             keyframe_poses, truth if odometry else None, config,
+                                             bag.frame_convention.ground_axes)
+    errors = pose_errors(keyframe_poses[picked], truth, bag.frame_convention.ground_axes)
     has_revisit = _revisits(bag, mapdb, radius, exclude_seconds)
     # Every bag frame counts; those the node did not answer have no match (recall's denominator only).
     unanswered = np.setdiff1d(np.arange(len(bag.stamps)), frames)
@@ -376,7 +384,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
                                       sequence_odometry))
     if details:
         result["per_query"] = per_query
-        result["trajectory"] = bag.poses[:, :3, 3].tolist()
+        result["trajectory"] = map_truth(bag)[:, :3, 3].tolist()
         result["keyframes"] = mapdb.keyframes.positions.tolist()
         result["slam_outputs"] = read_slam_outputs(recording)
     if owned:

@@ -3,7 +3,9 @@
 Messages are built as rclpy messages and serialised by rclpy (the exact CDR a ROS graph carries),
 /tf_static with the generated tf2_msgs type (`make interfaces`). The tf tree is a robot's
 (REP 103/105): base_link -> velodyne and base_link -> camera_optical, KITTI's base_link being the
-road below the Velodyne (`cmirl_ros.geometry.frames`), so a node needs no calib file.
+road below the Velodyne (`cmirl_ros.geometry.frames`), so a node needs no calib file. The ground
+truth (/ground_truth/odometry, the camera's pose) is in the z-up `map` (the dataset's
+`frame_convention`: KITTI's y-down camera-0 world rotated by T_MAP_KITTI_WORLD).
 """
 from __future__ import annotations
 
@@ -46,14 +48,14 @@ def bag_directory(out: str | Path) -> Path:
     return out.with_suffix("") if out.suffix == ".mcap" else out
 
 
-def odometry_msg(stamp, T_world_cam: np.ndarray):
+def odometry_msg(stamp, T_map_cam: np.ndarray):
     from nav_msgs.msg import Odometry
 
     msg = Odometry()
     msg.header.stamp = stamp
     msg.header.frame_id = MAP_FRAME
     msg.child_frame_id = CAMERA_FRAME
-    msg.pose.pose = pose_from_matrix(T_world_cam)
+    msg.pose.pose = pose_from_matrix(T_map_cam)
     return msg
 
 
@@ -130,6 +132,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
     shutil.rmtree(temp, ignore_errors=True)
     store = typestore()
     calib = dataset.calib
+    to_map = dataset.frame_convention.to_map
     K, width, height = calib.camera.K, calib.camera.width, calib.camera.height
     with Writer(temp, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         topics, types = dict(BAG_TOPICS), dict(TYPES)
@@ -154,7 +157,7 @@ def write_bag_from_dataset(dataset, out: str | Path, progress: bool = True, comp
             if frame.points is not None:
                 writer.write(connections["points"], time_ns,
                              serialize_message(numpy_to_pointcloud2(frame.points, stamp=stamp, frame_id=LIDAR_FRAME)))
-            writer.write(connections["odometry"], time_ns, serialize_message(odometry_msg(stamp, frame.T_world_cam)))
+            writer.write(connections["odometry"], time_ns, serialize_message(odometry_msg(stamp, to_map(frame.T_world_cam))))
     # rosbags names the storage file after the directory: rename it to the final name as well.
     (temp / f"{temp.name}.mcap").rename(temp / f"{target.name}.mcap")
     metadata = temp / "metadata.yaml"

@@ -31,7 +31,7 @@ LOOP_CLOSURE_MIN_GAP_S = 30.0  # the node's loop_closure_min_gap: revisits are c
 # takes ~0.8 s p50 of a shared 2-core machine (measured, load ~11), and every frame it drops is a revisit
 # it cannot close. A quarter speed (0.8 Hz, about LIO-SAM's 1 Hz loop-closure rate) lets it answer them.
 DEFAULT_RATE = 0.25
-BAG_FORMAT = "compressed jpeg, points, camera_info, tf_static, tf odom->base_link"  # changing it rebuilds the bag
+BAG_FORMAT = "compressed jpeg, points, camera_info, tf_static, tf odom->base_link, z-up ground truth"  # changing it rebuilds the bag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

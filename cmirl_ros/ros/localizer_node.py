@@ -35,8 +35,8 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from cmirl_ros.formats import one_line
-from cmirl_ros.geometry.camera import Calibration, PinholeCamera, make_transform
-from cmirl_ros.geometry.frames import calibration_from_tf
+from cmirl_ros.geometry.camera import Calibration, PinholeCamera, invert_transform, make_transform
+from cmirl_ros.geometry.frames import base_covariance, calibration_from_tf, kitti_T_base_cam
 from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.geometry.tf_tree import TfError, TfTree
 from cmirl_ros.options import SEQUENCE_VERIFY, check_parameters, localizer_config, node_options
@@ -105,6 +105,7 @@ class Query:
     calib: Calibration | None = None  # the scan's projection into `rgb`
     scan_frame: str = ""  # the scan's header frame and stamp
     scan_stamp: float = 0.0
+    T_base_cam: np.ndarray | None = None  # the camera on base_frame when the image arrived (`_camera_on_base`)
 
 
 class LocalizerNode(LifecycleNode):
@@ -136,7 +137,7 @@ class LocalizerNode(LifecycleNode):
         self._recent_calibration_misses = RecentEvents()
         self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
                        "fused": 0, "scan_missed_image": 0, "no_calibration": 0, "image_only_fallback": 0,
-                       "verified": 0, "unverified": 0}
+                       "verified": 0, "unverified": 0, "camera_pose": 0}
         self._last_calibration_error = ""
         self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
@@ -309,6 +310,20 @@ class LocalizerNode(LifecycleNode):
         return ((bool(params["use_scan"]) and not params["calib_file"]) or bool(params["session_map"])
                 or bool(params["publish_map_odom_tf"]))
 
+    def _tf_message_type(self):
+        """tf2_msgs' TFMessage: required for a scan calibrated from tf, else only wanted (base_frame ->
+        camera for the published pose, `_camera_on_base`); None when not built and not required."""
+        from cmirl_ros.ros.interfaces import InterfacesNotBuilt, tf_message_type
+
+        try:
+            return tf_message_type()
+        except InterfacesNotBuilt as e:
+            if self._tf_needed(self.params):
+                raise
+            self.get_logger().warning(f"no /tf input ({one_line(e)}): the camera's place on "
+                                      f"'{self.params['base_frame']}' comes from calib_file, if any")
+            return None
+
     def _image_topic(self) -> str:
         topic = self.resolve_topic_name(self.params["image_topic"])
         return topic + COMPRESSED_SUFFIX if self.params["image_transport"] == "compressed" else topic
@@ -332,10 +347,8 @@ class LocalizerNode(LifecycleNode):
             self._synchronizer = ImageScanSynchronizer(float(p["sync_slop"]), self._on_synchronized,
                                                        queue_size=int(p["sync_queue_size"]))
             self._subscribe_input(PointCloud2, p["points_topic"], self._on_points)
-        if self._tf_needed(p):
-            from cmirl_ros.ros.interfaces import tf_message_type
-
-            tf = tf_message_type()
+        tf = self._tf_message_type()
+        if tf is not None:
             self._inputs.append(self.create_subscription(tf, "/tf_static", lambda m: self._on_tf(m, True), TF_STATIC_QOS))
             self._inputs.append(self.create_subscription(tf, "/tf", lambda m: self._on_tf(m, False), TF_QOS))
         if p["use_camera_info"]:
@@ -377,7 +390,8 @@ class LocalizerNode(LifecycleNode):
             return
         self._frames["camera"] = msg.header.frame_id
         stamp = stamp_to_seconds(msg.header.stamp)
-        query = Query(msg.header, stamp, rgb, self._camera_info, rectification, time.monotonic())
+        query = Query(msg.header, stamp, rgb, self._camera_info, rectification, time.monotonic(),
+                      T_base_cam=self._camera_on_base(msg.header.frame_id, rgb))
         if self._synchronizer is None:
             self._slot.put(query)
         elif self.params["fallback_image_only"] and self._scan_silent():
@@ -435,23 +449,41 @@ class LocalizerNode(LifecycleNode):
         """The scan's projection into the query image. From calib_file (extrinsics, and intrinsics at the
         image's size unless a CameraInfo rectified it), else from tf between the image's and the scan's
         header frames + the CameraInfo (`calibration_from_tf`)."""
-        from cmirl_ros.geometry import read_kitti_calib
-
         if not self.params["calib_file"]:
             if query.camera_info is None:
                 raise MalformedMessage(f"no CameraInfo on {self.resolve_topic_name(self.params['camera_info_topic'])} "
                                        "yet: the calibration from tf needs its intrinsics")
             return calibration_from_tf(self._tf, query.camera_info, scan_frame, camera_frame=query.header.frame_id or None)
-        height, width = query.rgb.shape[:2]
-        if (width, height) not in self._calibrations:
-            kitti = read_kitti_calib(self.params["calib_file"], image_size=(width, height))
-            self._calibrations[(width, height)] = kitti.calibration()
-        calib = self._calibrations[(width, height)]
+        calib = self._file_calibration(query.rgb)
         rectification = query.rectification
         if rectification is None:
             return calib
         return Calibration(PinholeCamera(rectification.K, rectification.width, rectification.height),
                            make_transform(rectification.R, np.zeros(3)) @ calib.T_cam_sensor)
+
+    def _file_calibration(self, rgb: np.ndarray) -> Calibration:
+        """calib_file's calibration at the image's size (read once per size)."""
+        from cmirl_ros.geometry import read_kitti_calib
+
+        height, width = rgb.shape[:2]
+        if (width, height) not in self._calibrations:
+            kitti = read_kitti_calib(self.params["calib_file"], image_size=(width, height))
+            self._calibrations[(width, height)] = kitti.calibration()
+        return self._calibrations[(width, height)]
+
+    def _camera_on_base(self, camera_frame: str, rgb: np.ndarray) -> np.ndarray | None:
+        """T_base_cam of the image's camera: tf's base_frame -> the image's header frame when tf links
+        them, else KITTI's chain from calib_file (`kitti_T_base_cam`: base_link = the road under the
+        Velodyne), else None. Looked up here, on the executor thread that writes the tf tree."""
+        base = self.params["base_frame"]
+        if camera_frame and self._tf.can_transform(base, camera_frame):
+            return self._tf.lookup(base, camera_frame)
+        if not self.params["calib_file"]:
+            return None
+        try:
+            return kitti_T_base_cam(self._file_calibration(rgb).T_cam_sensor)
+        except NO_CALIBRATION:
+            return None  # an unreadable calib_file: the scan's calibration reports it
 
     # ------------------------------------------------------------------ inference (worker thread)
     def _inference_loop(self) -> None:
@@ -501,7 +533,7 @@ class LocalizerNode(LifecycleNode):
         self.counts["verified"] += verifying
         header = Header(stamp=query.header.stamp, frame_id=self.params["map_frame"])
         best = matches[0]
-        match = messages.match_msg(header, best, result.covariance)
+        match = messages.match_msg(header, *self._match_pose(query, best, result.covariance))
         self._publish("match", match)
         self._relocalizer.offer(match, verifying, self._tf)
         self._publish("candidates", messages.candidates_msg(header, matches))
@@ -512,6 +544,28 @@ class LocalizerNode(LifecycleNode):
                         result.timings_ms.get("encode", float("nan")))
         self._last_score = float(best.score)
         self.counts["answered"] += 1
+
+    def _base_pose(self, query: Query, T_map_cam: np.ndarray) -> np.ndarray | None:
+        """T_map_base: base_frame's pose in the z-up map_frame (REP 105) from the query camera's pose
+        there (a keyframe's, or the refined T_world_query); None when the camera's place on the base
+        is unknown (no tf chain, no calib_file)."""
+        if query.T_base_cam is None:
+            return None
+        return np.asarray(T_map_cam, np.float64) @ invert_transform(query.T_base_cam)
+
+    def _match_pose(self, query: Query, best, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What ~/match publishes: the base's pose and the covariance moved to it, or (base unknown)
+        the camera's, counted as `camera_pose`."""
+        T_map_cam = best.T_world_cam if best.T_world_query is None else best.T_world_query
+        T_map_base = self._base_pose(query, T_map_cam)
+        if T_map_base is not None:
+            return T_map_base, base_covariance(covariance, T_map_cam, T_map_base)
+        self.counts["camera_pose"] += 1
+        self.get_logger().warning(
+            f"camera frame '{query.header.frame_id}' not on '{self.params['base_frame']}' (not in tf, no calib_file): "
+            f"~/match carries the camera's pose (so far: {self.counts['camera_pose']})",
+            throttle_duration_sec=float(self.params["warn_throttle_s"]))
+        return T_map_cam, covariance
 
     def _count_fusion(self, result) -> None:
         """Fused queries are counted as such only when the scan really covered the image."""

@@ -19,11 +19,12 @@ def pose_from_matrix(T: np.ndarray) -> Pose:
     return pose
 
 
-def match_msg(header: Header, match, covariance: np.ndarray) -> PoseWithCovarianceStamped:
-    """The query's pose: refined by verification when it ran (T_world_query), else the keyframe's."""
+def match_msg(header: Header, T_map_base: np.ndarray, covariance: np.ndarray) -> PoseWithCovarianceStamped:
+    """The query's pose in the header's map frame: the base frame's (`LocalizerNode._base_pose`), or
+    the camera's where the node does not know where the camera sits on the base."""
     msg = PoseWithCovarianceStamped()
     msg.header = header
-    msg.pose.pose = pose_from_matrix(match.T_world_cam if match.T_world_query is None else match.T_world_query)
+    msg.pose.pose = pose_from_matrix(T_map_base)
     msg.pose.covariance = np.asarray(covariance, dtype=np.float64).reshape(36).tolist()
     return msg
 
@@ -82,9 +83,9 @@ def keyframe_markers(header: Header, positions: np.ndarray) -> Marker:
     return marker
 
 
-def match_markers(header: Header, matches, lift=(0.0, -5.0, 0.0)) -> MarkerArray:
+def match_markers(header: Header, matches, lift=(0.0, 0.0, 5.0)) -> MarkerArray:
     """The query, drawn at its estimated position (the best match) offset by `lift` so that it
-    floats above the map (default: 5 m up in a KITTI camera-0 frame, whose y axis points down),
+    floats above the map (default: 5 m up in the z-up map frame),
     with one line to each top-k match, greener for higher scores."""
     if not matches:
         return MarkerArray(markers=[Marker(header=header, ns="matches", id=0, action=Marker.DELETE)])

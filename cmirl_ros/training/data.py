@@ -74,6 +74,7 @@ class StridedDataset:
         self.name = dataset.name
         self.calib = dataset.calib
         self.ground_axes = dataset.ground_axes
+        self.frame_convention = dataset.frame_convention
         self.stamps = np.asarray(dataset.stamps)[self.rows]
         self.poses = np.asarray(dataset.poses)[self.rows]
         self.frame_ids = [dataset.frame_ids[r] for r in self.rows]

@@ -105,3 +105,18 @@ def test_calibration_from_tf_and_camera_info():
     np.testing.assert_allclose(rotated.T_cam_sensor, make_transform(R, np.zeros(3)) @ T_cam_velo, atol=1e-12)
     with pytest.raises(UnknownFrameError, match="unknown frame 'lidar'"):
         calibration_from_tf(tree, camera_info("camera_optical"), "lidar")
+
+
+def test_base_covariance_adds_the_lever_arm_of_the_rotation():
+    """A camera 2 m ahead of its base (map x): a yaw variance s2 puts s2 * 2^2 on the base's y
+    position and correlates it with the yaw; position and rotation blocks otherwise stay."""
+    from cmirl_ros.geometry.frames import base_covariance
+
+    covariance = np.diag([0.1, 0.2, 0.3, 0.01, 0.02, 0.04])
+    T_map_cam, T_map_base = make_transform(np.eye(3), np.array([2.0, 0.0, 0.0])), np.eye(4)
+    moved = base_covariance(covariance, T_map_cam, T_map_base)
+    assert moved[1, 1] == pytest.approx(0.2 + 0.04 * 4) and moved[1, 5] == pytest.approx(-0.04 * 2)
+    np.testing.assert_allclose(np.diag(moved)[[0, 3, 4, 5]], [0.1, 0.01, 0.02, 0.04])
+    np.testing.assert_allclose(moved, moved.T)
+    assert np.linalg.eigvalsh(moved).min() > 0
+    np.testing.assert_allclose(base_covariance(covariance, T_map_cam, T_map_cam), covariance)

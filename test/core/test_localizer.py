@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmirl_ros.geometry.frames import as_given
 from cmirl_ros.localization import Localizer, LocalizerConfig, match_covariance
 from cmirl_ros.mapdb import IndexConfig, MapDatabase
 
@@ -115,6 +116,7 @@ class ToyScans:
 
     name = "toy"
     ground_axes = None
+    frame_convention = as_given("toy")
 
     def __init__(self, count=8):
         from cmirl_ros.geometry import Calibration, PinholeCamera

@@ -106,6 +106,43 @@ def test_wrong_format_version_is_refused(saved_map, tmp_path):
         MapDatabase.load(tmp_path / "map")
 
 
+def test_a_map_from_before_the_map_frame_is_refused_with_the_rebuild_command(saved_map, tmp_path):
+    """A version-1 map (keyframe poses in the dataset's own world, no frame_convention): one line
+    naming the directory and saying how to rebuild it; also through the CLI (exit 2)."""
+    import shutil
+
+    from cmirl_ros.cli import main
+
+    _, original = saved_map
+    old = tmp_path / "old_map"
+    shutil.copytree(original, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    del manifest["frame_convention"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as refused:
+        MapDatabase.load(old)
+    message = str(refused.value)
+    assert str(old) in message and "before the map frame" in message and "\n" not in message
+    assert f"cmirl map build --dataset ... --out {old} --overwrite" in message
+    assert main(["map", "info", str(old)]) == 2
+
+
+def test_frame_convention_is_saved_and_merges_only_alike(tmp_path):
+    from cmirl_ros.geometry.frames import KITTI_CAMERA0, T_MAP_KITTI_WORLD
+
+    given = make_map(count=20)
+    assert given.frame_convention.source_world == "map" and np.array_equal(given.frame_convention.T_map_world, np.eye(4))
+    kitti = make_map(count=20)
+    kitti.manifest["frame_convention"] = KITTI_CAMERA0.to_manifest()
+    kitti.save(tmp_path / "kitti")
+    loaded = MapDatabase.load(tmp_path / "kitti").frame_convention
+    np.testing.assert_array_equal(loaded.T_map_world, T_MAP_KITTI_WORLD)
+    assert loaded.ground_axes == (0, 1) and loaded.map_frame == "z-up (REP 103)"
+    with pytest.raises(ValueError, match="different frame_convention"):
+        MapDatabase.merge([given, kitti])
+
+
 def test_missing_map_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere: map directory not found"):
         MapDatabase.load(tmp_path / "nowhere")

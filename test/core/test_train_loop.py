@@ -9,6 +9,7 @@ from torch import nn
 
 from cmirl_ros.datasets import Frame
 from cmirl_ros.geometry import Calibration, PinholeCamera
+from cmirl_ros.geometry.frames import as_given
 from cmirl_ros.preprocess import Preprocessing
 from cmirl_ros.training.augment import AugmentConfig
 from cmirl_ros.training.data import StridedDataset, TrainingFrames
@@ -23,6 +24,7 @@ class ToyPlaces:
 
     name = "toy"
     ground_axes = None
+    frame_convention = as_given("toy")
 
     def __init__(self, n=24):
         self.calib = Calibration(PinholeCamera.from_params(20.0, 20.0, W / 2, H / 2, W, H), np.eye(4))

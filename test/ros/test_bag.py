@@ -20,7 +20,10 @@ def test_bag_from_kitti_round_trips_every_frame(sim_root, sim_bag):
     kitti, bag = KittiSequence(sim_root, "00"), BagSequence(sim_bag)
     assert len(bag) == len(kitti)
     np.testing.assert_allclose(bag.stamps, kitti.stamps, rtol=0, atol=1e-9)  # times.txt, to the nanosecond
-    np.testing.assert_allclose(bag.poses, kitti.poses, atol=1e-9)
+    # The ground truth is REP 105's z-up map: KITTI's y-down camera-0 world rotated, nothing else.
+    np.testing.assert_allclose(bag.poses, kitti.frame_convention.to_map(kitti.poses), atol=1e-9)
+    np.testing.assert_allclose(bag.frame_convention.to_map(bag.poses), bag.poses)
+    assert bag.frame_convention.source_world == "bag: the ground-truth odometry's frame 'map'"
     np.testing.assert_allclose(bag.calib.camera.K, kitti.calib.camera.K)
     assert (bag.calib.camera.width, bag.calib.camera.height) == (kitti.calib.camera.width, kitti.calib.camera.height)
     np.testing.assert_allclose(bag.calib.T_cam_sensor, kitti.calib.T_cam_sensor, atol=1e-6)
@@ -255,7 +258,10 @@ def test_compressed_bag_with_tf_tree_reads_back_with_the_kitti_frames_and_calibr
     bag = BagSequence(compressed_bag)  # intrinsics from camera_info, extrinsics from the tf chain
     assert len(bag) == len(kitti) == 20
     np.testing.assert_allclose(bag.stamps, kitti.stamps, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(bag.poses, kitti.poses, atol=1e-9)
+    # The ground truth is REP 105's z-up map: KITTI's y-down camera-0 world rotated, nothing else.
+    np.testing.assert_allclose(bag.poses, kitti.frame_convention.to_map(kitti.poses), atol=1e-9)
+    np.testing.assert_allclose(bag.frame_convention.to_map(bag.poses), bag.poses)
+    assert bag.frame_convention.source_world == "bag: the ground-truth odometry's frame 'map'"
     np.testing.assert_allclose(bag.calib.camera.K, kitti.calib.camera.K, atol=1e-9)
     np.testing.assert_allclose(bag.calib.T_cam_sensor, kitti.calib.T_cam_sensor, atol=1e-6)
     for i in (0, 19):

@@ -98,6 +98,40 @@ def check_outputs(recording: Path, dataset, model, map_dir, use_scan: bool, min_
         assert int(diagnostics["unpaired_images"]) == 0
 
 
+def published_match_poses(recording: Path) -> dict[float, np.ndarray]:
+    """{query stamp: 4x4 pose} of every ~/match message recorded."""
+    from rosbags.rosbag2 import Reader
+
+    from cmirl_ros.datasets.bag import pose_to_matrix, typestore
+
+    store, poses = typestore(), {}
+    with Reader(recording) as reader:
+        for connection, _, raw in reader.messages():
+            if connection.topic == OUTPUTS["match"]:
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                poses[msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9] = pose_to_matrix(msg.pose.pose)
+    return poses
+
+
+def check_base_poses(recording: Path, dataset) -> None:
+    """~/match is base_link's pose in the z-up map (REP 105), base_link -> camera_optical from the
+    bag's /tf_static: exactly the matched keyframe's ground-truth base pose, on the road (the sim's
+    road is flat: the query's own base height), upright, heading as that keyframe's ground truth."""
+    from cmirl_ros.geometry.frames import kitti_T_base_cam, pose_2d
+
+    recorded = read_recording(recording)
+    match_of = dict(zip(recorded.loop_closures[:, 0].round(6), recorded.loop_closures[:, 1]))
+    truth_cam = dataset.frame_convention.to_map(dataset.poses)
+    truth_base = truth_cam @ np.linalg.inv(kitti_T_base_cam(dataset.calib.T_cam_sensor))
+    for stamp, published in published_match_poses(recording).items():
+        query = nearest_stamps(np.array([stamp]), dataset.stamps)[0]
+        keyframe = nearest_stamps(np.array([match_of[round(stamp, 6)]]), dataset.stamps)[0]
+        np.testing.assert_allclose(published, truth_base[keyframe], atol=1e-5)
+        assert abs(published[2, 3] - truth_base[query, 2, 3]) < 0.05 and published[2, 2] > 0.999
+        assert pose_2d(published)[2] == pytest.approx(pose_2d(truth_base[keyframe])[2], abs=1e-4)
+    assert int(recorded.diagnostics[-1]["camera_pose"]) == 0
+
+
 def test_player_node_recorder_at_10hz_image_only(sim_root, sim_bag, lite_checkpoint, lite_model, lite_map, ros_workdir):
     from cmirl_ros.datasets.kitti import KittiSequence
 
@@ -106,6 +140,7 @@ def test_player_node_recorder_at_10hz_image_only(sim_root, sim_bag, lite_checkpo
     recording = run_pipeline(sim_bag, {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu"},
                              ros_workdir, rate=1.0)
     check_outputs(recording, dataset, lite_model, lite_map, use_scan=False, min_answered=0.95)
+    check_base_poses(recording, dataset)
 
 
 @pytest.mark.slow

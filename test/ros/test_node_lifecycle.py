@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from cmirl_ros.ros.localizer_node import READY_LOG, WAITING_LOG
@@ -100,6 +101,13 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         assert matches[-1].header.frame_id == "map" and matches[-1].header.stamp == seconds_to_stamp(1.0)
         assert client.spin_until(lambda: markers and debug_images, 5)
         assert {m.ns for m in markers[-1].markers} == {"matches"}
+        # No tf and no calib_file: where the camera sits on base_link is unknown, so ~/match is the
+        # matched keyframe's camera pose (counted as camera_pose), and the query marker floats 5 m above it.
+        p = matches[-1].pose.pose.position
+        keyframe_positions = MapDatabase.load(lite_map).keyframes.positions
+        assert np.linalg.norm(keyframe_positions - [p.x, p.y, p.z], axis=1).min() < 1e-6
+        head = next(m for m in markers[-1].markers if m.type == m.SPHERE).pose.position
+        assert (head.x, head.y, head.z) == pytest.approx((p.x, p.y, p.z + 5.0), abs=1e-6)
         debug = debug_images[-1]
         assert (debug.width, debug.height, debug.encoding) == (frame.image.shape[1], frame.image.shape[0], "rgb8")
         assert debug.header.stamp == seconds_to_stamp(1.0)
@@ -131,6 +139,7 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         assert client.spin_until(lambda: diagnostics, 5)
         values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
         assert values["state"] == "active" and int(values["answered"]) >= 2 and int(values["map_size"]) > 0
+        assert int(values["camera_pose"]) - int(values["answered"]) in (0, 1)  # one query may be between the two
         assert float(values["latency_ms_p50"]) > 0
 
         assert transition(client, Transition.TRANSITION_DEACTIVATE)

@@ -54,9 +54,10 @@ def drive(tmp_path_factory):
 
 
 def ground_truth(dataset) -> np.ndarray:
-    """(N, 4, 4) true poses in the convention of the node's ~/match (the query camera in the map's
-    KITTI world frame; the base in a z-up map once ~/match publishes that)."""
-    return dataset.poses
+    """(N, 4, 4) true poses in the convention of the node's ~/match: the base in the z-up map."""
+    from cmirl_ros.geometry.frames import base_pose_in_map, kitti_T_base_cam
+
+    return base_pose_in_map(dataset.poses, kitti_T_base_cam(dataset.calib.T_cam_sensor))
 
 
 def offset() -> np.ndarray:
