@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmirl_ros.ros.bag_eval import OUTPUTS, nearest_stamps, read_recording
+from cmirl_ros.ros.bag_eval import OUTPUTS, nearest_stamps, read_match_poses, read_recording
 from cmirl_ros.ros.localizer_node import READY_LOG
 from cmirl_ros.ros.processes import RosProcess, start_localizer, start_recorder
 
@@ -98,21 +98,6 @@ def check_outputs(recording: Path, dataset, model, map_dir, use_scan: bool, min_
         assert int(diagnostics["unpaired_images"]) == 0
 
 
-def published_match_poses(recording: Path) -> dict[float, np.ndarray]:
-    """{query stamp: 4x4 pose} of every ~/match message recorded."""
-    from rosbags.rosbag2 import Reader
-
-    from cmirl_ros.datasets.bag import pose_to_matrix, typestore
-
-    store, poses = typestore(), {}
-    with Reader(recording) as reader:
-        for connection, _, raw in reader.messages():
-            if connection.topic == OUTPUTS["match"]:
-                msg = store.deserialize_cdr(raw, connection.msgtype)
-                poses[msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9] = pose_to_matrix(msg.pose.pose)
-    return poses
-
-
 def check_base_poses(recording: Path, dataset) -> None:
     """~/match is base_link's pose in the z-up map (REP 105), base_link -> camera_optical from the
     bag's /tf_static: exactly the matched keyframe's ground-truth base pose, on the road (the sim's
@@ -123,7 +108,7 @@ def check_base_poses(recording: Path, dataset) -> None:
     match_of = dict(zip(recorded.loop_closures[:, 0].round(6), recorded.loop_closures[:, 1]))
     truth_cam = dataset.frame_convention.to_map(dataset.poses)
     truth_base = truth_cam @ np.linalg.inv(kitti_T_base_cam(dataset.calib.T_cam_sensor))
-    for stamp, published in published_match_poses(recording).items():
+    for stamp, published in read_match_poses(recording).items():
         query = nearest_stamps(np.array([stamp]), dataset.stamps)[0]
         keyframe = nearest_stamps(np.array([match_of[round(stamp, 6)]]), dataset.stamps)[0]
         np.testing.assert_allclose(published, truth_base[keyframe], atol=1e-5)
