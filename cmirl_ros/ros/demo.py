@@ -24,6 +24,7 @@ HELP = "end-to-end demo: simulate, map, bag, run the node over ROS 2, score it"
 SEQ = "00"
 PRIOR_CONDITION = "shadows"  # the prior map was driven at another time of day (low sun, long shadows)
 VIEWPOINT_OFFSET = "viewpoint"  # ... in another lane: this condition's lateral shift and yaw, whole drive
+RECALL_RADIUS_M = 10.0  # a prior-map match is right within this distance (the node's bag evaluation uses it too)
 LOOP_CLOSURE_RADIUS_M = 10.0  # a published pair is true when its two places are this close (as Recall@1's radius)
 REVISIT_RADIUS_M = 5.0  # ... and a frame this close to one older than the gap is a revisit to close
 LOOP_CLOSURE_MIN_GAP_S = 30.0  # the node's loop_closure_min_gap: revisits are counted the same way
@@ -63,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
                           viewpoint_offset())
     map_dir = build_or_reuse_map(prior_root, model, out, args.keyframe_distance)
     bag = write_or_reuse_bag(live_root, out)
+    image_only = image_only_recall(live_root, map_dir, model)  # before the node starts: the CPU is its own
     print(f"demo: starting the localizer node and replaying {bag} (x{args.rate})")
-    result = evaluate_bag(bag, map_dir, model_ref, rate=args.rate, device=args.device, workdir=out / "run", use_scan=True,
-                          node_params=node_params(args.keyframe_distance), details=True,
+    result = evaluate_bag(bag, map_dir, model_ref, rate=args.rate, radius=RECALL_RADIUS_M, device=args.device,
+                          workdir=out / "run", use_scan=True, node_params=node_params(args.keyframe_distance), details=True,
                           wait_outputs=tuple(SLAM_OUTPUTS.values()))
     stamps, T_map_base = ground_truth(live_root)
-    summary = summarize(result, score_slam(result["slam_outputs"], stamps, T_map_base))
+    summary = summarize(result, image_only, score_slam(result["slam_outputs"], stamps, T_map_base))
     plot = out / "trajectory.png"
     plot_demo(plot, stamps, T_map_base, prior_keyframes(map_dir, prior_root), result["slam_outputs"], summary)
     print_summary(summary, plot)
@@ -245,6 +247,21 @@ def score_slam(outputs: dict, stamps, T_map_base) -> dict:
     return figures
 
 
+def image_only_recall(live_root: Path, map_dir: Path, model) -> dict:
+    """Recall@1 (both protocols) of the live drive's images alone against the prior map, by the core as
+    `cmirl eval` scores it (the node ranks image-only queries exactly as the core `Localizer` does:
+    test/ros/test_end_to_end.py). The node itself runs with the scan; its figure is `node_recall@1`."""
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
+    from cmirl_ros.mapdb import MapDatabase
+
+    print("demo: image-only Recall@1 of the live drive against the prior map (the core, no node)")
+    drive = KittiSequence(live_root, SEQ)
+    results = score(encode_queries(model, drive, progress=False), MapSide.from_database(MapDatabase.load(map_dir)),
+                    RECALL_RADIUS_M, drive.frame_convention.ground_axes, exclude_seconds=LOOP_CLOSURE_MIN_GAP_S)
+    return {protocol: result.to_dict() for protocol, result in results.items()}
+
+
 def prior_keyframes(map_dir: Path, prior_root: Path):
     """(K,4,4) true base poses of the prior map's keyframes in the map frame (by keyframe stamp)."""
     from cmirl_ros.geometry.poses import nearest_stamps
@@ -255,17 +272,25 @@ def prior_keyframes(map_dir: Path, prior_root: Path):
     return T_map_base[frames[frames >= 0]]
 
 
-def summarize(result: dict, slam: dict) -> dict:
+def summarize(result: dict, image_only: dict, slam: dict) -> dict:
+    """`recall@1`: image-only, every frame of the live drive (`image_only_recall`); `node_recall@1`: the
+    node's prior-map candidates for its image + scan queries (`query_inputs`)."""
     paper, revisit = result["protocols"]["paper"], result["protocols"]["revisit"]
     return {
         "images_played": result["images_played"],
         "queries_answered": result["queries_answered"],
         "answered_fraction": result["answered_fraction"],
+        "recall_inputs": "image",
+        "recall@1": image_only["paper"]["recall@1"],
+        "recall@1%": image_only["paper"]["recall@1%"],
+        "recall_queries": image_only["paper"]["num_queries"],
+        "revisit_recall@1": image_only["revisit"]["recall@1"],
+        "revisit_queries": image_only["revisit"]["num_queries"],
         "query_inputs": "image+scan",
-        "recall@1": paper["recall@1"],
-        "recall@1%": paper["recall@1%"],
-        "revisit_recall@1": revisit["recall@1"],
-        "revisit_queries": revisit["queries"],
+        "node_recall@1": paper["recall@1"],
+        "node_recall@1%": paper["recall@1%"],
+        "node_revisit_recall@1": revisit["recall@1"],
+        "node_revisit_queries": revisit["queries"],
         **slam,
         "latency_ms_p50": result["latency_ms_p50"],
         "latency_ms_p95": result["latency_ms_p95"],
@@ -284,13 +309,20 @@ def print_summary(summary: dict, plot: Path) -> None:
         return "n/a" if value is None else f"{value:.0f} ms"
 
     print(f"demo: queries answered {summary['queries_answered']}/{summary['images_played']} ({pct(summary['answered_fraction'])})")
-    print(f"demo: Recall@1 {pct(summary['recall@1'])} on the prior map (image+scan queries, correct within "
-          f"{summary['radius_m']:.0f} m), revisits only {pct(summary['revisit_recall@1'])} over {summary['revisit_queries']} queries")
-    print(f"demo: loop closures: {summary['loop_closures_published']} published, precision "
-          f"{pct(summary['loop_closure_precision'])} (relative pose within 1 m / 5 deg of the truth), recall "
-          f"{pct(summary['loop_closure_recall'])} of {summary['loop_closure_revisit_frames']} true revisits (within "
-          f"{summary['loop_closure_revisit_radius_m']:.0f} m, > {summary['loop_closure_min_gap_s']:.0f} s earlier); "
-          f"{pct(summary['loop_closure_place_precision'])} within {summary['loop_closure_radius_m']:.0f} m of each other; "
+    radius = f"correct within {summary['radius_m']:.0f} m"
+    print(f"demo: Recall@1 {pct(summary['recall@1'])} on the prior map, image-only queries ({radius}; all "
+          f"{summary['recall_queries']} frames, the core as `cmirl eval`), revisits only "
+          f"{pct(summary['revisit_recall@1'])} over {summary['revisit_queries']} queries")
+    print(f"demo: node Recall@1 {pct(summary['node_recall@1'])} on the prior map, the node's image+scan queries "
+          f"({radius}; its answered queries), revisits only {pct(summary['node_revisit_recall@1'])} over "
+          f"{summary['node_revisit_queries']} queries")
+    print(f"demo: loop closures: {summary['loop_closures_published']} published; precision "
+          f"{pct(summary['loop_closure_precision'])} = pairs whose published relative pose (~/loop_closure_edge) is "
+          f"within 1 m / 5 deg of the truth; place precision {pct(summary['loop_closure_place_precision'])} = pairs "
+          f"whose two places are within {summary['loop_closure_radius_m']:.0f} m of each other")
+    print(f"demo: loop-closure recall {pct(summary['loop_closure_recall'])} of {summary['loop_closure_revisit_frames']} "
+          f"true revisits (a frame within {summary['loop_closure_revisit_radius_m']:.0f} m of one > "
+          f"{summary['loop_closure_min_gap_s']:.0f} s earlier) closed by a true pair; "
           f"{summary['loop_closures_rejected']} candidates rejected by verification")
     if summary["relocalization_error_m"] is None:
         print(f"demo: relocalization: {summary['relocalizations']} published on /initialpose, "
