@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                           viewpoint_offset())
     map_dir = build_or_reuse_map(prior_root, model, out, args.keyframe_distance)
     bag = write_or_reuse_bag(live_root, out)
-    image_only = image_only_recall(live_root, map_dir, model)  # before the node starts: the CPU is its own
+    image_only = image_only_recall_or_reuse(live_root, map_dir, model, out)  # before the node starts: the CPU is its own
     print(f"demo: starting the localizer node and replaying {bag} (x{args.rate})")
     result = evaluate_bag(bag, map_dir, model_ref, rate=args.rate, radius=RECALL_RADIUS_M, device=args.device,
                           workdir=out / "run", use_scan=True, node_params=node_params(args.keyframe_distance), details=True,
@@ -247,6 +247,17 @@ def score_slam(outputs: dict, stamps, T_map_base) -> dict:
     return figures
 
 
+def image_only_recall_or_reuse(live_root: Path, map_dir: Path, model, out: Path) -> dict:
+    from cmirl_ros.atomic import atomic_write_text
+
+    target = out / "image_only_recall.json"
+    source = {"drive": source_of(live_root), "map": source_of(map_dir), "radius_m": RECALL_RADIUS_M,
+              "exclude_seconds": LOOP_CLOSURE_MIN_GAP_S}
+    cached(target, source, lambda: atomic_write_text(target, json.dumps(image_only_recall(live_root, map_dir, model))),
+           "the image-only Recall@1 of the live drive against the prior map (the core, no node)")
+    return json.loads(target.read_text())
+
+
 def image_only_recall(live_root: Path, map_dir: Path, model) -> dict:
     """Recall@1 (both protocols) of the live drive's images alone against the prior map, by the core as
     `cmirl eval` scores it (the node ranks image-only queries exactly as the core `Localizer` does:
@@ -255,11 +266,11 @@ def image_only_recall(live_root: Path, map_dir: Path, model) -> dict:
     from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
     from cmirl_ros.mapdb import MapDatabase
 
-    print("demo: image-only Recall@1 of the live drive against the prior map (the core, no node)")
     drive = KittiSequence(live_root, SEQ)
     results = score(encode_queries(model, drive, progress=False), MapSide.from_database(MapDatabase.load(map_dir)),
                     RECALL_RADIUS_M, drive.frame_convention.ground_axes, exclude_seconds=LOOP_CLOSURE_MIN_GAP_S)
-    return {protocol: result.to_dict() for protocol, result in results.items()}
+    return {protocol: {key: result.to_dict()[key] for key in ("recall@1", "recall@1%", "num_queries", "chance@1")}
+            for protocol, result in results.items()}
 
 
 def prior_keyframes(map_dir: Path, prior_root: Path):

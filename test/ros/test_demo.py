@@ -2,6 +2,7 @@
 (the demo itself is `make demo`)."""
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -137,6 +138,7 @@ def test_image_only_recall_scores_what_the_localizer_answers(sim_root, lite_mode
 
     monkeypatch.setattr(demo, "RECALL_RADIUS_M", 1.0)
     recall = demo.image_only_recall(sim_root, lite_map, lite_model)
+    assert json.loads(json.dumps(recall)) == recall  # cached as JSON by the demo
     drive, mapdb = KittiSequence(sim_root, demo.SEQ), MapDatabase.load(lite_map)
     localizer = Localizer(lite_model, mapdb, LocalizerConfig(top_k=2))
     answers = [localizer.localize(drive[i].image, stamp=drive[i].stamp).matches for i in range(len(drive))]
