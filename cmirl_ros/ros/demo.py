@@ -64,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
                           viewpoint_offset())
     map_dir = build_or_reuse_map(prior_root, model, out, args.keyframe_distance)
     bag = write_or_reuse_bag(live_root, out)
-    image_only = image_only_recall_or_reuse(live_root, map_dir, model, out)  # before the node starts: the CPU is its own
+    image_only = image_only_recall_or_reuse(live_root, map_dir, model, out)  # before the node: the CPU is its own
     print(f"demo: starting the localizer node and replaying {bag} (x{args.rate})")
     result = evaluate_bag(bag, map_dir, model_ref, rate=args.rate, radius=RECALL_RADIUS_M, device=args.device,
-                          workdir=out / "run", use_scan=True, node_params=node_params(args.keyframe_distance), details=True,
-                          wait_outputs=tuple(SLAM_OUTPUTS.values()))
+                          workdir=out / "run", use_scan=True, node_params=node_params(args.keyframe_distance),
+                          details=True, wait_outputs=tuple(SLAM_OUTPUTS.values()))
     stamps, T_map_base = ground_truth(live_root)
     summary = summarize(result, image_only, score_slam(result["slam_outputs"], stamps, T_map_base))
     plot = out / "trajectory.png"

@@ -148,4 +148,4 @@ def test_image_only_recall_scores_what_the_localizer_answers(sim_root, lite_mode
     hits = np.linalg.norm(keyframes - truth, axis=1) <= 1.0
     near_ties = np.mean([m[0].score - m[1].score < 1e-4 for m in answers])
     assert recall["paper"]["num_queries"] == len(drive) == 40 and 0.0 < hits.mean() < 1.0
-    assert abs(recall["paper"]["recall@1"] - hits.mean()) <= near_ties < 0.5, (recall["paper"]["recall@1"], hits.mean(), near_ties)
+    assert abs(recall["paper"]["recall@1"] - hits.mean()) <= near_ties < 0.5, (recall, hits.mean(), near_ties)
