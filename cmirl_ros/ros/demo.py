@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
+    from cmirl_ros.models import model_fingerprint
     from cmirl_ros.ros.bag_eval import SLAM_OUTPUTS, evaluate_bag
 
     if args.rate <= 0:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                           details=True, wait_outputs=tuple(SLAM_OUTPUTS.values()))
     stamps, T_map_base = ground_truth(live_root)
     summary = summarize(result, image_only, score_slam(result["slam_outputs"], stamps, T_map_base))
+    summary["model_fingerprint"] = model_fingerprint(model)  # the shipped model may be replaced: which one this was
     plot = out / "trajectory.png"
     plot_demo(plot, stamps, T_map_base, prior_keyframes(map_dir, prior_root), result["slam_outputs"], summary)
     print_summary(summary, plot)
@@ -354,32 +356,39 @@ def plot_demo(path: Path, stamps, T_map_base, keyframes, outputs: dict, summary:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.collections import LineCollection
 
     from cmirl_ros.geometry.poses import nearest_stamps
 
     xy = T_map_base[:, :2, 3]
     fig, (ax, times) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [3, 2]})
-    ax.scatter(keyframes[:, 0, 3], keyframes[:, 1, 3], s=6, color="0.55", label="prior map keyframes")
-    ax.plot(xy[:, 0], xy[:, 1], color="tab:blue", lw=1, label="live drive (ground truth)")
+    ax.scatter(keyframes[:, 0, 3], keyframes[:, 1, 3], s=8, color="tan", zorder=1, label="prior map keyframes")
+    ax.plot(xy[:, 0], xy[:, 1], color="tab:blue", lw=1.5, zorder=4, label="live drive (ground truth)")
     rejected = np.array([[e["query_stamp"], e["matched_stamp"]] for e in outputs["rejected"]], np.float64).reshape(-1, 2)
     verified = np.array(outputs["loop_closures"], np.float64).reshape(-1, 2)
-    for pairs, colour, label, z, lw in ((rejected, "0.6", "rejected candidate", 2, 0.3),
-                                        (verified, "tab:green", "verified loop closure", 3, 1.2)):
+    # Rejected pairs: faint lines under the drive (hundreds of them); verified: green lines and query dots on top.
+    for pairs, colour, label, z, lw, alpha in ((rejected, "0.5", "rejected candidate", 2, 0.4, 0.2),
+                                               (verified, "tab:green", "verified loop closure", 5, 1.2, 1.0)):
         q, m = nearest_stamps(pairs[:, 0], stamps, 1e-3), nearest_stamps(pairs[:, 1], stamps, 1e-3)
         known = (q >= 0) & (m >= 0)
-        for a, b in zip(xy[q[known]], xy[m[known]]):
-            ax.plot([a[0], b[0]], [a[1], b[1]], color=colour, lw=lw, alpha=0.4 if lw < 1 else 1.0, zorder=z)
-        ax.scatter(xy[q[known], 0], xy[q[known], 1], s=14, color=colour, zorder=z, label=f"{label} ({len(pairs)})")
-        times.scatter(pairs[:, 0], pairs[:, 1], s=10, color=colour, label=label)
+        segments = np.stack([xy[q[known]], xy[m[known]]], axis=1)
+        ax.add_collection(LineCollection(segments, colors=colour, linewidths=lw, alpha=alpha, zorder=z,
+                                         label=f"{label} ({len(pairs)})"))
+        if pairs is verified:
+            ax.scatter(xy[q[known], 0], xy[q[known], 1], s=14, color=colour, zorder=z)
+        times.scatter(pairs[:, 0], pairs[:, 1], s=10, color=colour, alpha=0.5 if pairs is rejected else 1.0, label=label)
     errors = summary["relocalization_errors_m"]
     for k, reloc in enumerate(outputs["initialposes"]):
         position = np.array(reloc["pose"])[:2, 3]
-        ax.scatter(*position, marker="*", s=260, color="tab:red", edgecolor="k", zorder=5, label="relocalization (/initialpose)")
-        error = f"error {errors[k]:.2f} m" if k < len(errors) and summary["relocalization_unknown_stamps"] == 0 else "stamp unknown"
+        ax.scatter(*position, marker="*", s=260, color="tab:red", edgecolor="k", zorder=6,
+                   label="relocalization (/initialpose)")
+        error = (f"relocalization error {errors[k]:.3f} m" if k < len(errors) and summary["relocalization_unknown_stamps"] == 0
+                 else "stamp unknown")
         ax.annotate(error, position, xytext=(12, 12), textcoords="offset points")
     precision, recall = summary["loop_closure_precision"], summary["loop_closure_recall"]
-    figures = "n/a" if precision is None or recall is None else f"precision {precision:.2f}, recall {recall:.2f}"
-    ax.set_title(f"cmirl demo: loop closures {figures}")
+    figures = ("n/a" if precision is None or recall is None else
+               f"precision {precision:.2f} (pose within 1 m / 5 deg), recall {recall:.2f} of true revisits")
+    ax.set_title(f"cmirl demo: loop closures {figures}", fontsize=11)
     ax.set_xlabel("map x (m)")
     ax.set_ylabel("map y (m)")
     ax.set_aspect("equal", adjustable="datalim")
