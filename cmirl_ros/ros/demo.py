@@ -24,6 +24,7 @@ HELP = "end-to-end demo: simulate, map, bag, run the node over ROS 2, score it"
 SEQ = "00"
 PRIOR_CONDITION = "shadows"  # the prior map was driven at another time of day (low sun, long shadows)
 VIEWPOINT_OFFSET = "viewpoint"  # ... in another lane: this condition's lateral shift and yaw, whole drive
+RECALL_RADIUS_M = 10.0  # a prior-map match is right within this distance (the node's bag evaluation uses it too)
 LOOP_CLOSURE_RADIUS_M = 10.0  # a published pair is true when its two places are this close (as Recall@1's radius)
 REVISIT_RADIUS_M = 5.0  # ... and a frame this close to one older than the gap is a revisit to close
 LOOP_CLOSURE_MIN_GAP_S = 30.0  # the node's loop_closure_min_gap: revisits are counted the same way
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
+    from cmirl_ros.models import model_fingerprint
     from cmirl_ros.ros.bag_eval import SLAM_OUTPUTS, evaluate_bag
 
     if args.rate <= 0:
@@ -63,12 +65,14 @@ def run(args: argparse.Namespace) -> int:
                           viewpoint_offset())
     map_dir = build_or_reuse_map(prior_root, model, out, args.keyframe_distance)
     bag = write_or_reuse_bag(live_root, out)
+    image_only = image_only_recall_or_reuse(live_root, map_dir, model, out)  # before the node: the CPU is its own
     print(f"demo: starting the localizer node and replaying {bag} (x{args.rate})")
-    result = evaluate_bag(bag, map_dir, model_ref, rate=args.rate, device=args.device, workdir=out / "run", use_scan=True,
-                          node_params=node_params(args.keyframe_distance), details=True,
-                          wait_outputs=tuple(SLAM_OUTPUTS.values()))
+    result = evaluate_bag(bag, map_dir, model_ref, rate=args.rate, radius=RECALL_RADIUS_M, device=args.device,
+                          workdir=out / "run", use_scan=True, node_params=node_params(args.keyframe_distance),
+                          details=True, wait_outputs=tuple(SLAM_OUTPUTS.values()))
     stamps, T_map_base = ground_truth(live_root)
-    summary = summarize(result, score_slam(result["slam_outputs"], stamps, T_map_base))
+    summary = summarize(result, image_only, score_slam(result["slam_outputs"], stamps, T_map_base))
+    summary["model_fingerprint"] = model_fingerprint(model)  # the shipped model may be replaced: which one this was
     plot = out / "trajectory.png"
     plot_demo(plot, stamps, T_map_base, prior_keyframes(map_dir, prior_root), result["slam_outputs"], summary)
     print_summary(summary, plot)
@@ -245,6 +249,32 @@ def score_slam(outputs: dict, stamps, T_map_base) -> dict:
     return figures
 
 
+def image_only_recall_or_reuse(live_root: Path, map_dir: Path, model, out: Path) -> dict:
+    from cmirl_ros.atomic import atomic_write_text
+
+    target = out / "image_only_recall.json"
+    source = {"drive": source_of(live_root), "map": source_of(map_dir), "radius_m": RECALL_RADIUS_M,
+              "exclude_seconds": LOOP_CLOSURE_MIN_GAP_S}
+    cached(target, source, lambda: atomic_write_text(target, json.dumps(image_only_recall(live_root, map_dir, model))),
+           "the image-only Recall@1 of the live drive against the prior map (the core, no node)")
+    return json.loads(target.read_text())
+
+
+def image_only_recall(live_root: Path, map_dir: Path, model) -> dict:
+    """Recall@1 (both protocols) of the live drive's images alone against the prior map, by the core as
+    `cmirl eval` scores it (the node ranks image-only queries exactly as the core `Localizer` does:
+    test/ros/test_end_to_end.py). The node itself runs with the scan; its figure is `node_recall@1`."""
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
+    from cmirl_ros.mapdb import MapDatabase
+
+    drive = KittiSequence(live_root, SEQ)
+    results = score(encode_queries(model, drive, progress=False), MapSide.from_database(MapDatabase.load(map_dir)),
+                    RECALL_RADIUS_M, drive.frame_convention.ground_axes, exclude_seconds=LOOP_CLOSURE_MIN_GAP_S)
+    return {protocol: {key: result.to_dict()[key] for key in ("recall@1", "recall@1%", "num_queries", "chance@1")}
+            for protocol, result in results.items()}
+
+
 def prior_keyframes(map_dir: Path, prior_root: Path):
     """(K,4,4) true base poses of the prior map's keyframes in the map frame (by keyframe stamp)."""
     from cmirl_ros.geometry.poses import nearest_stamps
@@ -255,17 +285,25 @@ def prior_keyframes(map_dir: Path, prior_root: Path):
     return T_map_base[frames[frames >= 0]]
 
 
-def summarize(result: dict, slam: dict) -> dict:
+def summarize(result: dict, image_only: dict, slam: dict) -> dict:
+    """`recall@1`: image-only, every frame of the live drive (`image_only_recall`); `node_recall@1`: the
+    node's prior-map candidates for its image + scan queries (`query_inputs`)."""
     paper, revisit = result["protocols"]["paper"], result["protocols"]["revisit"]
     return {
         "images_played": result["images_played"],
         "queries_answered": result["queries_answered"],
         "answered_fraction": result["answered_fraction"],
+        "recall_inputs": "image",
+        "recall@1": image_only["paper"]["recall@1"],
+        "recall@1%": image_only["paper"]["recall@1%"],
+        "recall_queries": image_only["paper"]["num_queries"],
+        "revisit_recall@1": image_only["revisit"]["recall@1"],
+        "revisit_queries": image_only["revisit"]["num_queries"],
         "query_inputs": "image+scan",
-        "recall@1": paper["recall@1"],
-        "recall@1%": paper["recall@1%"],
-        "revisit_recall@1": revisit["recall@1"],
-        "revisit_queries": revisit["queries"],
+        "node_recall@1": paper["recall@1"],
+        "node_recall@1%": paper["recall@1%"],
+        "node_revisit_recall@1": revisit["recall@1"],
+        "node_revisit_queries": revisit["queries"],
         **slam,
         "latency_ms_p50": result["latency_ms_p50"],
         "latency_ms_p95": result["latency_ms_p95"],
@@ -284,13 +322,20 @@ def print_summary(summary: dict, plot: Path) -> None:
         return "n/a" if value is None else f"{value:.0f} ms"
 
     print(f"demo: queries answered {summary['queries_answered']}/{summary['images_played']} ({pct(summary['answered_fraction'])})")
-    print(f"demo: Recall@1 {pct(summary['recall@1'])} on the prior map (image+scan queries, correct within "
-          f"{summary['radius_m']:.0f} m), revisits only {pct(summary['revisit_recall@1'])} over {summary['revisit_queries']} queries")
-    print(f"demo: loop closures: {summary['loop_closures_published']} published, precision "
-          f"{pct(summary['loop_closure_precision'])} (relative pose within 1 m / 5 deg of the truth), recall "
-          f"{pct(summary['loop_closure_recall'])} of {summary['loop_closure_revisit_frames']} true revisits (within "
-          f"{summary['loop_closure_revisit_radius_m']:.0f} m, > {summary['loop_closure_min_gap_s']:.0f} s earlier); "
-          f"{pct(summary['loop_closure_place_precision'])} within {summary['loop_closure_radius_m']:.0f} m of each other; "
+    radius = f"correct within {summary['radius_m']:.0f} m"
+    print(f"demo: Recall@1 {pct(summary['recall@1'])} on the prior map, image-only queries ({radius}; all "
+          f"{summary['recall_queries']} frames, the core as `cmirl eval`), revisits only "
+          f"{pct(summary['revisit_recall@1'])} over {summary['revisit_queries']} queries")
+    print(f"demo: node Recall@1 {pct(summary['node_recall@1'])} on the prior map, the node's image+scan queries "
+          f"({radius}; its answered queries), revisits only {pct(summary['node_revisit_recall@1'])} over "
+          f"{summary['node_revisit_queries']} queries")
+    print(f"demo: loop closures: {summary['loop_closures_published']} published; precision "
+          f"{pct(summary['loop_closure_precision'])} = pairs whose published relative pose (~/loop_closure_edge) is "
+          f"within 1 m / 5 deg of the truth; place precision {pct(summary['loop_closure_place_precision'])} = pairs "
+          f"whose two places are within {summary['loop_closure_radius_m']:.0f} m of each other")
+    print(f"demo: loop-closure recall {pct(summary['loop_closure_recall'])} of {summary['loop_closure_revisit_frames']} "
+          f"true revisits (a frame within {summary['loop_closure_revisit_radius_m']:.0f} m of one > "
+          f"{summary['loop_closure_min_gap_s']:.0f} s earlier) closed by a true pair; "
           f"{summary['loop_closures_rejected']} candidates rejected by verification")
     if summary["relocalization_error_m"] is None:
         print(f"demo: relocalization: {summary['relocalizations']} published on /initialpose, "
@@ -311,32 +356,39 @@ def plot_demo(path: Path, stamps, T_map_base, keyframes, outputs: dict, summary:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.collections import LineCollection
 
     from cmirl_ros.geometry.poses import nearest_stamps
 
     xy = T_map_base[:, :2, 3]
     fig, (ax, times) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [3, 2]})
-    ax.scatter(keyframes[:, 0, 3], keyframes[:, 1, 3], s=6, color="0.55", label="prior map keyframes")
-    ax.plot(xy[:, 0], xy[:, 1], color="tab:blue", lw=1, label="live drive (ground truth)")
+    ax.scatter(keyframes[:, 0, 3], keyframes[:, 1, 3], s=8, color="tan", zorder=1, label="prior map keyframes")
+    ax.plot(xy[:, 0], xy[:, 1], color="tab:blue", lw=1.5, zorder=4, label="live drive (ground truth)")
     rejected = np.array([[e["query_stamp"], e["matched_stamp"]] for e in outputs["rejected"]], np.float64).reshape(-1, 2)
     verified = np.array(outputs["loop_closures"], np.float64).reshape(-1, 2)
-    for pairs, colour, label, z, lw in ((rejected, "0.6", "rejected candidate", 2, 0.3),
-                                        (verified, "tab:green", "verified loop closure", 3, 1.2)):
+    # Rejected pairs: faint lines under the drive (hundreds of them); verified: green lines and query dots on top.
+    for pairs, colour, label, z, lw, alpha in ((rejected, "0.5", "rejected candidate", 2, 0.4, 0.2),
+                                               (verified, "tab:green", "verified loop closure", 5, 1.2, 1.0)):
         q, m = nearest_stamps(pairs[:, 0], stamps, 1e-3), nearest_stamps(pairs[:, 1], stamps, 1e-3)
         known = (q >= 0) & (m >= 0)
-        for a, b in zip(xy[q[known]], xy[m[known]]):
-            ax.plot([a[0], b[0]], [a[1], b[1]], color=colour, lw=lw, alpha=0.4 if lw < 1 else 1.0, zorder=z)
-        ax.scatter(xy[q[known], 0], xy[q[known], 1], s=14, color=colour, zorder=z, label=f"{label} ({len(pairs)})")
-        times.scatter(pairs[:, 0], pairs[:, 1], s=10, color=colour, label=label)
+        segments = np.stack([xy[q[known]], xy[m[known]]], axis=1)
+        ax.add_collection(LineCollection(segments, colors=colour, linewidths=lw, alpha=alpha, zorder=z,
+                                         label=f"{label} ({len(pairs)})"))
+        if pairs is verified:
+            ax.scatter(xy[q[known], 0], xy[q[known], 1], s=14, color=colour, zorder=z)
+        times.scatter(pairs[:, 0], pairs[:, 1], s=10, color=colour, alpha=0.5 if pairs is rejected else 1.0, label=label)
     errors = summary["relocalization_errors_m"]
     for k, reloc in enumerate(outputs["initialposes"]):
         position = np.array(reloc["pose"])[:2, 3]
-        ax.scatter(*position, marker="*", s=260, color="tab:red", edgecolor="k", zorder=5, label="relocalization (/initialpose)")
-        error = f"error {errors[k]:.2f} m" if k < len(errors) and summary["relocalization_unknown_stamps"] == 0 else "stamp unknown"
+        ax.scatter(*position, marker="*", s=260, color="tab:red", edgecolor="k", zorder=6,
+                   label="relocalization (/initialpose)")
+        error = (f"relocalization error {errors[k]:.3f} m" if k < len(errors) and summary["relocalization_unknown_stamps"] == 0
+                 else "stamp unknown")
         ax.annotate(error, position, xytext=(12, 12), textcoords="offset points")
     precision, recall = summary["loop_closure_precision"], summary["loop_closure_recall"]
-    figures = "n/a" if precision is None or recall is None else f"precision {precision:.2f}, recall {recall:.2f}"
-    ax.set_title(f"cmirl demo: loop closures {figures}")
+    figures = ("n/a" if precision is None or recall is None else
+               f"precision {precision:.2f} (pose within 1 m / 5 deg), recall {recall:.2f} of true revisits")
+    ax.set_title(f"cmirl demo: loop closures {figures}", fontsize=11)
     ax.set_xlabel("map x (m)")
     ax.set_ylabel("map y (m)")
     ax.set_aspect("equal", adjustable="datalim")

@@ -2,6 +2,7 @@
 (the demo itself is `make demo`)."""
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -55,16 +56,23 @@ def test_slam_outputs_are_scored_summarised_and_plotted(tmp_path, capsys):
     result = {"images_played": 80, "queries_answered": 80, "answered_fraction": 1.0, "latency_ms_p50": 30.0,
               "latency_ms_p95": 50.0, "dropped": 0, "rejected": 0, "model": "m", "radius_m": 10.0,
               "protocols": {"paper": {"recall@1": 0.5, "recall@1%": 0.7}, "revisit": {"recall@1": 0.4, "queries": 20}}}
-    summary = demo.summarize(result, slam)
+    image_only = {"paper": {"recall@1": 0.1, "recall@1%": 0.3, "num_queries": 80},
+                  "revisit": {"recall@1": 0.05, "num_queries": 20}}
+    summary = demo.summarize(result, image_only, slam)
     for key in ("answered_fraction", "recall@1", "loop_closures_published", "loop_closure_precision",
                 "loop_closure_recall", "relocalization_error_m", "latency_ms_p50"):
         assert key in summary
+    assert summary["recall@1"] == 0.1 and summary["recall_inputs"] == "image"  # issue 11 reads it as image-only
+    assert summary["node_recall@1"] == 0.5 and summary["query_inputs"] == "image+scan"
     plot = tmp_path / "trajectory.png"
     demo.plot_demo(plot, stamps, poses, poses[:60:2], outputs, summary)
     assert plot.stat().st_size > 10_000
     demo.print_summary(summary, plot)
     printed = capsys.readouterr().out
-    assert "19 published, precision 100.0% (relative pose within 1 m / 5 deg of the truth), recall 95.0% of 20 true" in printed
+    assert "Recall@1 10.0% on the prior map, image-only queries" in printed and "node Recall@1 50.0%" in printed
+    assert ("19 published; precision 100.0% = pairs whose published relative pose (~/loop_closure_edge) is within "
+            "1 m / 5 deg of the truth; place precision 94.7% = pairs whose two places are within 10 m") in printed
+    assert "loop-closure recall 95.0% of 20 true revisits" in printed
     assert "error 0.20 m" in printed
 
 
@@ -117,3 +125,24 @@ def test_recorded_slam_outputs_read_back(ros_workdir):
     (initialpose,) = outputs["initialposes"]
     assert initialpose["stamp"] == 3.5 and initialpose["frame_id"] == "map"
     np.testing.assert_allclose(np.array(initialpose["pose"])[:3, 3], [4.0, 0.0, 0.0])
+
+
+def test_image_only_recall_scores_what_the_localizer_answers(sim_root, lite_model, lite_map, monkeypatch):
+    """The demo's `recall@1` (issue 11 reads it as image-only): the core `Localizer`'s top-1 keyframe for
+    each image, right within the radius. Frames lie 1 m apart here: a 1.5 m radius discriminates."""
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.localization import Localizer, LocalizerConfig
+    from cmirl_ros.mapdb import MapDatabase
+
+    monkeypatch.setattr(demo, "RECALL_RADIUS_M", 1.5)
+    recall = demo.image_only_recall(sim_root, lite_map, lite_model)
+    assert json.loads(json.dumps(recall)) == recall  # cached as JSON by the demo
+    drive, mapdb = KittiSequence(sim_root, demo.SEQ), MapDatabase.load(lite_map)
+    localizer = Localizer(lite_model, mapdb, LocalizerConfig(top_k=1))
+    top1 = [localizer.localize(drive[i].image, stamp=drive[i].stamp).matches[0].keyframe_id for i in range(len(drive))]
+    axes = list(drive.frame_convention.ground_axes)
+    keyframes = np.stack([mapdb.keyframes.pose(k)[:3, 3] for k in top1])[:, axes]
+    truth = drive.frame_convention.to_map(drive.poses)[:, :3, 3][:, axes]
+    hits = np.linalg.norm(keyframes - truth, axis=1) < 1.5
+    assert recall["paper"]["num_queries"] == len(drive) == 40 and 0.0 < hits.mean() < 1.0
+    assert recall["paper"]["recall@1"] == hits.mean()
