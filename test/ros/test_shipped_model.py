@@ -4,7 +4,8 @@ Paper protocol on the simulated sequence (map = its scans, queries = its images 
 scan, correct within 10 m), through the whole ROS path: bag -> player -> node process (use_scan,
 synchronised) -> recorder -> scoring. The bar is relative to chance (the share of keyframes within
 10 m of a query). Image-only queries are not asserted here: they are far weaker (about 12 % Recall@1
-on the demo route, docs/ros.md); measured with the scan: Recall@1 1.00 over 50 queries, chance 0.06.
+on the demo route with the v2 weights, docs/ros.md); measured with the scan: Recall@1 1.00 over 50
+queries, chance 0.002 (the v3 weights; v2 also 1.00).
 Skipped when `models/cmirl_driving` is not shipped.
 """
 from __future__ import annotations
