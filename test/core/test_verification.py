@@ -11,7 +11,7 @@ from cmirl_ros.evaluation.metrics import pose_errors, verified_match_figures
 from cmirl_ros.geometry.clouds import transform_points
 from cmirl_ros.geometry.registration import RegistrationConfig, prepare_query, register
 from cmirl_ros.localization import Localizer, LocalizerConfig
-from cmirl_ros.localization.stages import Candidates, register_stage
+from cmirl_ros.localization.stages import STAGES, Candidates, register_stage, stage_names
 from cmirl_ros.mapdb import Keyframes, MapDatabase
 from cmirl_ros.mapdb.clouds import KeyframeClouds
 from cmirl_ros.mapdb.export import read_ply
@@ -174,7 +174,6 @@ def test_map_export_writes_the_merged_cloud_in_the_map_frame(tmp_path, sim, scan
     assert info["clouds"]["points"] == len(points) and info["clouds"]["bytes"] > 6 * len(points)
 
 
-@register_stage("verify", "test_keep_odd_ids")
 def keep_odd_ids(config, mapdb):
     """A stage defined outside the package: keeps candidates with odd keyframe ids."""
     def verify(candidates: Candidates, query) -> Candidates:
@@ -183,7 +182,10 @@ def keep_odd_ids(config, mapdb):
     return verify
 
 
-def test_the_stage_registry_takes_a_stage_from_another_module(sim, scans, far):
+def test_the_stage_registry_takes_a_stage_from_another_module(sim, scans, far, monkeypatch):
+    stage_names("verify")  # the package's own stages first: they must outlive this test's copy of the table
+    monkeypatch.setattr(STAGES, "_items", dict(STAGES._items))  # the registration ends with this test
+    register_stage("verify", "test_keep_odd_ids")(keep_odd_ids)
     mapdb = cloud_map(sim, scans, [QUERY, NEAR, far], unit([[1, 0, 0], [0.9, 0.1, 0], [0.8, 0.2, 0]]))
     result = Localizer(None, mapdb, LocalizerConfig(top_k=3, verify="test_keep_odd_ids")).localize_descriptor(
         unit([1, 0, 0]))

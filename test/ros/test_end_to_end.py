@@ -98,14 +98,16 @@ def check_outputs(recording: Path, dataset, model, map_dir, use_scan: bool, min_
         assert int(diagnostics["unpaired_images"]) == 0
 
 
-def check_base_poses(recording: Path, dataset) -> None:
+def check_base_poses(recording: Path, dataset, map_dir: Path) -> None:
     """~/match is base_link's pose in the z-up map (REP 105), base_link -> camera_optical from the
     bag's /tf_static: exactly the matched keyframe's ground-truth base pose, on the road (the sim's
     road is flat: the query's own base height), upright, heading as that keyframe's ground truth."""
     from cmirl_ros.geometry.frames import kitti_T_base_cam, pose_2d
+    from cmirl_ros.mapdb import MapDatabase
 
     recorded = read_recording(recording)
-    match_of = dict(zip(recorded.loop_closures[:, 0].round(6), recorded.loop_closures[:, 1]))
+    keyframe_stamps = MapDatabase.load(map_dir).keyframes.stamps
+    match_of = {round(s, 6): keyframe_stamps[ids[0]] for s, ids in zip(recorded.stamps, recorded.candidates)}
     truth_cam = dataset.frame_convention.to_map(dataset.poses)
     truth_base = truth_cam @ np.linalg.inv(kitti_T_base_cam(dataset.calib.T_cam_sensor))
     for stamp, published in read_match_poses(recording).items():
@@ -125,7 +127,7 @@ def test_player_node_recorder_at_10hz_image_only(sim_root, sim_bag, lite_checkpo
     recording = run_pipeline(sim_bag, {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu"},
                              ros_workdir, rate=1.0)
     check_outputs(recording, dataset, lite_model, lite_map, use_scan=False, min_answered=0.95)
-    check_base_poses(recording, dataset)
+    check_base_poses(recording, dataset, lite_map)
 
 
 @pytest.mark.slow
