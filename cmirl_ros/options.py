@@ -1,9 +1,9 @@
 """Every option of the `localizer` node and of the offline localization commands, declared once.
 
-An `Option` is a name, a default, a one-line help, and the checks its value must pass (choices,
-bounds, length); a `Section` groups options and says where they appear (`views`): "node" (the
-node's ROS parameters and config/localize.yaml) and/or "cli" (flags of `cmirl localize`, and of
-`cmirl eval` for the verification ones). Generated from this tree:
+An `Option` is a name, a default (the node's; `cli_default` where the flag keeps another), a one-line
+help, and the checks its value must pass (choices, bounds, length); a `Section` groups options and
+says where they appear (`views`): "node" (the node's ROS parameters and config/localize.yaml) and/or
+"cli" (flags of `cmirl localize`, and of `cmirl eval` for the verification ones). Generated from this tree:
 - the node's parameters with their descriptions (`node_options`) and their checks (`check_parameters`);
 - config/localize.yaml (`localize_yaml`, written by `cmirl config localize-yaml --out ...`;
   a test fails when the committed file differs);
@@ -21,6 +21,7 @@ from cmirl_ros.topics import NODE_INPUTS
 
 NODE, CLI = "node", "cli"
 SEQUENCE_VERIFY = "sequence"  # `--verify sequence`: checks the localizer's top matches, not a stage of it
+AUTO_VERIFY = "auto"  # registration when the live scan is used, else sequence (`resolve_verify`)
 
 
 def _stage_choices(kind: str) -> Callable[[], list[str]]:
@@ -32,7 +33,15 @@ def _stage_choices(kind: str) -> Callable[[], list[str]]:
 
 
 def _verify_choices() -> list[str]:
-    return [*_stage_choices("verify")(), SEQUENCE_VERIFY]
+    return [AUTO_VERIFY, *_stage_choices("verify")(), SEQUENCE_VERIFY]
+
+
+def resolve_verify(verify: str, use_scan: bool) -> str:
+    """The verifier `verify` stands for: `auto` is registration with the live scan (the refined pose),
+    else sequence (image-only matches confirmed by the motion); any other name is itself."""
+    if verify != AUTO_VERIFY:
+        return verify
+    return "registration" if use_scan else SEQUENCE_VERIFY
 
 
 def _rerank_choices() -> list[str]:
@@ -53,6 +62,7 @@ class Option:
     length: int | None = None  # a list of exactly this many values
     field: str | None = ""  # its name in the section's config dataclass: "" the same, None not in it
     views: tuple[str, ...] | None = None  # narrower than its section's
+    cli_default: Any = None  # the flag's default where it differs from the node's (None: the same)
 
     def problem(self, value) -> str | None:
         """None when `value` passes the checks, else what is wrong with it (to follow the option's name)."""
@@ -79,6 +89,9 @@ class Option:
         if self.length is not None:
             parts.append(f"{self.length} values")
         return "; ".join(parts)
+
+    def default_in(self, view: str) -> Any:
+        return self.cli_default if view == CLI and self.cli_default is not None else self.default
 
     @property
     def flag(self) -> str:
@@ -144,9 +157,11 @@ SECTIONS = (
                "(answered from the image alone)", at_least=0, at_most=1),
     )),
     Section("verification", "verification of the retrieved candidates (docs/verification.md)", (NODE, CLI), (
-        Option("verify", "none", "none; registration: only matches whose keyframe cloud registers to the live scan "
-               "(scan + map built with --cloud-voxel), refined pose; sequence (offline only): the last N matches "
-               "must agree with the motion", choices=_verify_choices),
+        Option("verify", AUTO_VERIFY, "auto (node's default): registration with use_scan, else sequence; registration: "
+               "only matches whose keyframe cloud registers to the live scan (scan + map built with --cloud-voxel), "
+               "refined pose; sequence: a match only once the last N matches agree with the motion; none: every "
+               "top-1, unverified (the flags' default: offline figures of raw retrieval)", choices=_verify_choices,
+               cli_default="none"),
         Option("verify_candidates", 5, "with verify: how many of the best candidates are tried, in rank order",
                at_least=1),
         Option("registration_min_fitness", 0.4, "registration: accept when this fraction of the scan's structure "
@@ -162,7 +177,8 @@ SECTIONS = (
                at_least=1),
         Option("registration_threads", 1, "threads of one registration", at_least=1),
     )),
-    Section("sequence", "--verify sequence (SequenceConfig, offline commands)", (CLI,), (
+    Section("sequence", "sequence verification (SequenceConfig): verify sequence, or auto without use_scan",
+            (NODE, CLI), (
         Option("sequence_length", 3, "N consecutive agreeing matches", at_least=1, field="length"),
         Option("sequence_tolerance", 5.0, "stamps only: slack per step (m); with odometry: how far a supporting candidate may lie from where the path puts its query (m)",
                at_least=0, field="tolerance_m"),
@@ -171,9 +187,9 @@ SECTIONS = (
         Option("sequence_max_gap", 5.0, "a longer pause restarts (s)", at_least=0, field="max_gap_s"),
         Option("sequence_min_travel", 0.0, "with odometry: the N queries must span this much travel (m)",
                at_least=0, field="min_travel_m"),
-        Option("sequence_odometry", False, "use the queries' ground-truth poses as odometry (their relative motion "
-               "only) and check paths over the top --sequence-candidates (PathVerifier); default: stamps only, top-1",
-               field=None),
+        Option("sequence_odometry", False, "check the odometry's paths over the top sequence_candidates (PathVerifier; "
+               "relative motion only): the node's from tf odom_frame -> base_frame, offline the queries' ground-truth "
+               "poses; default: stamps only, top-1", field=None),
         Option("sequence_candidates", 1, "with odometry: each query's top-K keyframes are hypotheses and path supports",
                at_least=1, field="candidates"),
         Option("sequence_tolerance_deg", 180.0, "with odometry: predicted vs keyframe heading (deg; 180: position only)",
@@ -295,7 +311,7 @@ def _argparse_keywords(option: Option) -> dict:
     if isinstance(option.default, bool):  # a switch: only off by default fits a flag without a value
         assert option.default is False, option.name
         return {"action": "store_true", "help": option.help}
-    keywords = {"type": _checked(option), "default": option.default, "help": option.help}
+    keywords = {"type": _checked(option), "default": option.default_in(CLI), "help": option.help}
     if isinstance(option.choices, tuple):
         keywords["choices"] = option.choices
     return keywords
@@ -319,14 +335,15 @@ def _checked(option: Option) -> Callable[[str], Any]:
 # ----------------------------------------------------------------------------------- config dataclasses
 def _fields(section_names: Iterable[str], values: Mapping[str, Any]) -> dict:
     """Dataclass fields of the sections' options, from `values` (node parameters or vars(args));
-    an option that `values` lacks (a command without that flag) takes its default."""
-    return {(o.field or o.name): values.get(o.name, o.default)
+    an option that `values` lacks (a command without that flag) takes its flag's default."""
+    return {(o.field or o.name): values.get(o.name, o.default_in(CLI))
             for name in section_names for o in section(name).options if o.field is not None}
 
 
 def localizer_config(values: Mapping[str, Any], **overrides):
-    """LocalizerConfig of the localizer and verification options; `verify: sequence` runs after the
-    localizer (on its top matches), so the localizer itself does not verify then."""
+    """LocalizerConfig of the localizer and verification options (`verify` resolved: not auto);
+    `verify: sequence` runs after the localizer (on its top matches), so the localizer itself does
+    not verify then."""
     from cmirl_ros.localization.localizer import LocalizerConfig
 
     fields = _fields(("localizer", "verification"), values)

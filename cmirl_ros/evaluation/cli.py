@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.datasets import open_dataset, parse_frames
     from cmirl_ros.evaluation.evaluate import MapSide, encode_queries, score
     from cmirl_ros.evaluation.metrics import LOOP_CLOSURE_KEYS
-    from cmirl_ros.options import sequence_config
+    from cmirl_ros.options import resolve_verify, sequence_config
     from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.evaluation.report import (markdown_table, plot_pr_curves, plot_recall_curves, pr_plot_path,
                                              write_json)
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.training.cli import set_torch_threads
 
     set_torch_threads()
+    args.verify = resolve_verify(args.verify, args.with_scan)
     protocols = ("paper", "revisit") if args.protocol == "both" else (args.protocol,)
     if args.ablations:
         variants = [(name, *spec.partition("@")[::2]) for name, spec in _pairs(args.ablations, "--ablations")]

@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.mapdb import MapDatabase
     from cmirl_ros.mapdb.validate import read_manifest
     from cmirl_ros.models import load_model, model_fingerprint
-    from cmirl_ros.options import localizer_config
+    from cmirl_ros.options import localizer_config, resolve_verify
 
+    args.verify = resolve_verify(args.verify, args.with_scan)
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
     dataset = open_dataset(args)

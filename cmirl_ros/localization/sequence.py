@@ -2,15 +2,11 @@
 
 A single image match is often a look-alike; a run of matches that moves through the map as the
 query moves through the world rarely is. A query's match is confirmed only when the matches of the
-last `length` queries agree with the motion between those queries, step by step:
-- with odometry positions (any frame: only distances are compared), the distance between two
-  consecutive matched keyframes must equal the distance travelled between the two queries within
-  `tolerance_m`, so must the distance between the window's first and last matches, and the window
-  must cover at least `min_travel_m` of travel (a standing vehicle
-  repeating one match proves nothing);
-- with stamps only, consecutive matched keyframes may be at most `max_speed` * dt + `tolerance_m`
-  apart (a plausibility bound).
-A query without a match, or a pause longer than `max_gap_s`, starts a new sequence.
+last `length` queries agree with the motion between those queries.
+
+With stamps only, `SequenceVerifier` checks each query's top-1: consecutive matched keyframes may
+be at most `max_speed` * dt + `tolerance_m` apart (a plausibility bound). A query without a match,
+or a pause longer than `max_gap_s`, starts a new sequence.
 
 With odometry *poses* (position and heading), `PathVerifier` checks more than distances, and looks
 beyond the top-1: each of the query's top `candidates` keyframes is a hypothesis "the query stands
@@ -24,10 +20,10 @@ then repeat the query's whole turn-by-turn motion among the look-alikes of every
 their spacing. A straight stretch fits every parallel look-alike street: `min_turn_deg` asks the
 window to contain a turn, and `unique_m` rejects a window that two places far apart both explain.
 
-`SequenceVerifier` and `PathVerifier` are pure state + arithmetic (no ROS, no model). How a verify
-stage wraps them: keep one verifier per query stream, call `update` for every query in stamp order,
-and drop all candidates (no match) when it rejects. `verify_sequence` / `verify_paths` do the same
-for a whole recorded sequence.
+`SequenceVerifier` and `PathVerifier` are pure state + arithmetic (no ROS, no model).
+`QueryStreamVerifier` is the one way to use them, online (the node: one per query stream, fed every
+query in stamp order; no confirmed candidate, no match) and offline (`verify_ranked`, a whole
+recorded sequence): stamps only -> `SequenceVerifier`, odometry poses -> `PathVerifier`.
 """
 from __future__ import annotations
 
@@ -42,12 +38,11 @@ from cmirl_ros.config import dataclass_from_mapping
 @dataclass
 class SequenceConfig:
     length: int = 3  # N: the last N queries' matches must agree (1 = no check)
-    tolerance_m: float = 5.0  # slack per step (stamps) / |keyframe distance - travelled| (SequenceVerifier with
-    # odometry positions) / support radius around the predicted position (PathVerifier)
+    tolerance_m: float = 5.0  # slack per step (stamps) / support radius around the predicted position (odometry)
     max_speed: float = 30.0  # m/s, stamps only: how far apart consecutive matches may be per second
     max_gap_s: float = 5.0  # a longer pause between queries starts a new sequence
-    min_travel_m: float = 0.0  # with odometry: the window must cover at least this much travel
     # PathVerifier (odometry poses) only:
+    min_travel_m: float = 0.0  # the window must cover at least this much travel
     candidates: int = 1  # K: each query's top-K keyframes are hypotheses / path supports
     tolerance_deg: float = 180.0  # predicted vs keyframe heading (180: position only)
     min_score: float = -1.0  # accept a path whose mean descriptor score reaches this (cosine, -1: any)
@@ -77,13 +72,12 @@ class SequenceConfig:
 @dataclass
 class _Step:
     stamp: float
-    match: np.ndarray  # matched keyframe position (ground axes)
-    odometry: np.ndarray | None  # query position from odometry (ground axes), when given
+    match: np.ndarray  # matched keyframe position
 
 
 class SequenceVerifier:
-    """Online: feed every query's top match in stamp order; `update` says whether it is confirmed.
-    `axes`: the dataset's ground axes (KITTI (0, 2)); None compares all three coordinates."""
+    """Stamps only: feed every query's top match in stamp order; `update` says whether it is confirmed.
+    `axes`: the ground axes positions are compared on (KITTI (0, 2)); None compares all three."""
 
     def __init__(self, config: SequenceConfig | None = None, axes: tuple[int, ...] | None = None):
         self.config = config or SequenceConfig()
@@ -93,59 +87,23 @@ class SequenceVerifier:
     def reset(self) -> None:
         self._window.clear()
 
-    def update(self, stamp: float, match_position: np.ndarray | None,
-               odometry_position: np.ndarray | None = None) -> bool:
-        """Add one query (its stamp, its top match's keyframe position or None for no match, its
-        odometry position or None) and return True when its match is confirmed."""
+    def update(self, stamp: float, match_position: np.ndarray | None) -> bool:
+        """Add one query (its stamp, its top match's keyframe position or None for no match) and
+        return True when its match is confirmed."""
         if match_position is None:
             self.reset()
             return False
         if self._window and stamp - self._window[-1].stamp > self.config.max_gap_s:
             self.reset()
-        odometry = None if odometry_position is None else np.asarray(odometry_position, np.float64)[self.axes]
-        step = _Step(float(stamp), np.asarray(match_position, np.float64)[self.axes], odometry)
+        step = _Step(float(stamp), np.asarray(match_position, np.float64)[self.axes])
         if self._window and not self._agrees(self._window[-1], step):
             self.reset()  # the new match may still start a consistent run
         self._window.append(step)
-        return len(self._window) == self.config.length and self._travelled_enough() and self._spans_agree()
+        return len(self._window) == self.config.length
 
     def _agrees(self, previous: _Step, step: _Step) -> bool:
         jump = float(np.linalg.norm(step.match - previous.match))
-        if step.odometry is not None and previous.odometry is not None:
-            travelled = float(np.linalg.norm(step.odometry - previous.odometry))
-            return abs(jump - travelled) <= self.config.tolerance_m
         return jump <= self.config.max_speed * max(step.stamp - previous.stamp, 0.0) + self.config.tolerance_m
-
-    def _spans_agree(self) -> bool:
-        """With odometry, the window end to end as well: a match stuck on one keyframe passes each
-        short step within the tolerance, but not the whole window's travel."""
-        first, last = self._window[0], self._window[-1]
-        if first is last or first.odometry is None or last.odometry is None:
-            return True
-        return self._agrees(first, last)
-
-    def _travelled_enough(self) -> bool:
-        steps = list(self._window)
-        if self.config.min_travel_m <= 0 or any(s.odometry is None for s in steps):
-            return True
-        travelled = sum(float(np.linalg.norm(b.odometry - a.odometry)) for a, b in zip(steps, steps[1:]))
-        return travelled >= self.config.min_travel_m
-
-
-def verify_sequence(stamps: np.ndarray, match_positions: np.ndarray, has_match: np.ndarray,
-                    odometry_positions: np.ndarray | None = None, config: SequenceConfig | None = None,
-                    axes: tuple[int, ...] | None = None) -> np.ndarray:
-    """(Q,) bool: which of Q queries (in stamp order) have their match confirmed.
-    `match_positions` (Q, 3), rows where `has_match` is False are ignored; `odometry_positions` (Q, 3) or None."""
-    verifier = SequenceVerifier(config, axes)
-    stamps = np.asarray(stamps, np.float64)
-    if np.any(np.diff(stamps) < 0):
-        raise ValueError("sequence verification needs the queries in stamp order")
-    return np.array([
-        verifier.update(stamps[i], match_positions[i] if has_match[i] else None,
-                        None if odometry_positions is None else odometry_positions[i])
-        for i in range(len(stamps))
-    ], dtype=bool)
 
 
 @dataclass
@@ -239,38 +197,53 @@ class PathVerifier:
         return float(np.linalg.norm(np.diff(positions, axis=0), axis=1).sum()) >= self.config.min_travel_m
 
 
-def verify_paths(stamps: np.ndarray, candidate_poses: np.ndarray, candidate_scores: np.ndarray,
-                 odometry_poses: np.ndarray, config: SequenceConfig | None = None,
-                 axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`PathVerifier` over Q queries in stamp order: candidate_poses (Q,K,4,4), candidate_scores (Q,K)
-    (non-finite: no candidate), odometry_poses (Q,4,4). Returns the confirmed candidate's index per query
-    (-1: none) and the best consistent path's score (-inf: none)."""
-    stamps = np.asarray(stamps, np.float64)
-    if np.any(np.diff(stamps) < 0):
-        raise ValueError("sequence verification needs the queries in stamp order")
-    verifier = PathVerifier(config, axes)
-    results = [verifier.update(stamps[i], candidate_poses[i], candidate_scores[i], odometry_poses[i])
-               for i in range(len(stamps))]
-    chosen = np.array([-1 if index is None else index for index, _ in results], dtype=np.int64)
-    return chosen, np.array([score for _, score in results], dtype=np.float64)
+class QueryStreamVerifier:
+    """Sequence verification of one query stream: each query's ranked candidates in, the index of the
+    confirmed one out. Stamps only (`odometry` False): `SequenceVerifier` on the top-1; with odometry:
+    `PathVerifier` over the top `config.candidates`, and a query without its odometry pose starts a
+    new sequence. A stamp older than the last (a replay restarted) starts one too."""
+
+    def __init__(self, config: SequenceConfig | None = None, odometry: bool = False,
+                 axes: tuple[int, ...] | None = None):
+        self.config = config or SequenceConfig()
+        self.odometry = odometry
+        self._verifier = PathVerifier(self.config, axes) if odometry else SequenceVerifier(self.config, axes)
+        self._last_stamp = -np.inf
+
+    def update(self, stamp: float, candidate_poses: np.ndarray, candidate_scores: np.ndarray,
+               odometry_pose: np.ndarray | None = None) -> tuple[int | None, float]:
+        """One query: its candidates' keyframe poses (K,4,4) and scores (K,), best first (K = 0 or a
+        non-finite score: no candidate), and its odometry pose (4,4) or None. Returns (index of the
+        confirmed candidate or None, its score: the path's with odometry, else the top-1's; -inf: none)."""
+        if stamp < self._last_stamp:
+            self._verifier.reset()
+        self._last_stamp = stamp
+        poses = np.asarray(candidate_poses, np.float64).reshape(-1, 4, 4)
+        scores = np.asarray(candidate_scores, np.float64).reshape(-1)
+        if self.odometry:
+            if odometry_pose is None:
+                self._verifier.reset()
+                return None, -np.inf
+            return self._verifier.update(stamp, poses, scores, odometry_pose)
+        answered = len(scores) > 0 and np.isfinite(scores[0])
+        confirmed = self._verifier.update(stamp, poses[0, :3, 3] if answered else None)
+        return (0 if confirmed else None), (float(scores[0]) if answered else -np.inf)
 
 
 def verify_ranked(stamps: np.ndarray, ranked: np.ndarray, ranked_scores: np.ndarray, keyframe_poses: np.ndarray,
                   odometry_poses: np.ndarray | None, config: SequenceConfig | None = None,
                   axes: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`--verify sequence` over Q queries' rankings: ranked (Q,K) keyframe ids, best first, ranked_scores
-    (Q,K) (non-finite: no candidate). Stamps only (`odometry_poses` None): `SequenceVerifier` on each
-    top-1. With odometry poses (Q,4,4): `PathVerifier` over the top `config.candidates`.
+    """`--verify sequence` over Q queries' rankings (`QueryStreamVerifier`): ranked (Q,K) keyframe ids,
+    best first, ranked_scores (Q,K) (non-finite: no candidate), odometry_poses (Q,4,4) or None (stamps only).
     Returns the match each query ends with (Q,) (the verifier's pick, else the top-1), whether it is
     confirmed (Q,) and its score (Q,) (the path score with odometry, else the top-1's)."""
-    config = config or SequenceConfig()
+    stamps = np.asarray(stamps, np.float64)
+    if np.any(np.diff(stamps) < 0):
+        raise ValueError("sequence verification needs the queries in stamp order")
     ranked, ranked_scores = np.asarray(ranked, np.int64), np.asarray(ranked_scores, np.float64)
-    if odometry_poses is None:
-        answered = np.isfinite(ranked_scores[:, 0])
-        accepted = verify_sequence(stamps, keyframe_poses[ranked[:, 0], :3, 3], answered, None, config, axes)
-        return ranked[:, 0], accepted, ranked_scores[:, 0]
-    k = config.candidates
-    chosen, path_scores = verify_paths(stamps, keyframe_poses[ranked[:, :k]], ranked_scores[:, :k], odometry_poses,
-                                       config, axes)
-    picked = np.where(chosen >= 0, np.take_along_axis(ranked, np.maximum(chosen, 0)[:, None], 1)[:, 0], ranked[:, 0])
-    return picked, chosen >= 0, path_scores
+    verifier = QueryStreamVerifier(config, odometry_poses is not None, axes)
+    results = [verifier.update(stamps[i], keyframe_poses[ranked[i]], ranked_scores[i],
+                               None if odometry_poses is None else odometry_poses[i]) for i in range(len(stamps))]
+    chosen = np.array([-1 if index is None else index for index, _ in results], dtype=np.int64)
+    picked = np.take_along_axis(ranked, np.maximum(chosen, 0)[:, None], 1)[:, 0]
+    return picked, chosen >= 0, np.array([score for _, score in results], dtype=np.float64)

@@ -179,16 +179,18 @@ VERIFY_CHOICES = ("none", "registration", "sequence")
 
 def verify_node_params(verify: str, use_scan: bool, exclude_seconds: float) -> dict:
     """Node parameters of `--verify`. Registration runs in the node (it needs the live scan); sequence is
-    applied afterwards to what the node published (the node has no sequence stage). With either, the
+    applied afterwards to every match the node published, so the node itself runs `verify: none` then
+    (as with `--verify none`: the raw answers are what is measured). With registration or sequence, the
     node hides keyframes within `exclude_seconds` of the query (its own recent drive) so that what it
     publishes are loop closures, and its candidates and scores are those after the exclusion."""
     if verify not in VERIFY_CHOICES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
     if verify == "registration" and not use_scan:
         raise ValueError("bag eval --verify registration registers each query's live scan: add --use-scan")
+    node_verify = {"verify": "registration" if verify == "registration" else "none"}
     if verify == "none":
-        return {}
-    return {"exclude_seconds": float(exclude_seconds), **({"verify": "registration"} if verify == "registration" else {})}
+        return node_verify
+    return {"exclude_seconds": float(exclude_seconds), **node_verify}
 
 
 def read_match_poses(path: Path) -> dict[float, np.ndarray]:

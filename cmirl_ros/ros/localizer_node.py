@@ -39,7 +39,8 @@ from cmirl_ros.geometry.camera import Calibration, PinholeCamera, invert_transfo
 from cmirl_ros.geometry.frames import base_covariance, calibration_from_tf, kitti_T_base_cam
 from cmirl_ros.geometry.kitti_calib import KITTI_IMAGE_SIZE
 from cmirl_ros.geometry.tf_tree import TfError, TfTree
-from cmirl_ros.options import SEQUENCE_VERIFY, check_parameters, localizer_config, node_options
+from cmirl_ros.options import (SEQUENCE_VERIFY, check_parameters, localizer_config, node_options, resolve_verify,
+                               sequence_config)
 from cmirl_ros.ros import messages
 from cmirl_ros.ros.conversions import numpy_to_image
 from cmirl_ros.ros.relocalize import Relocalizer
@@ -61,6 +62,7 @@ from cmirl_ros.topics import COMPRESSED_SUFFIX
 NODE_NAME = "localizer"
 READY_LOG = "localizer ready"
 WAITING_LOG = "localizer waiting for configure"
+UNVERIFIED_LOG = "verify is 'none': ~/match publishes every top-1 match UNVERIFIED"
 
 # Every parameter with its default, from the option tree (cmirl_ros/options.py), which also
 # generates config/localize.yaml and the shared flags of `cmirl localize` / `cmirl eval`.
@@ -118,6 +120,7 @@ class LocalizerNode(LifecycleNode):
         self._localizer = None
         self._model = None
         self._session = None  # SessionLoopClosures with session_map
+        self._sequence = None  # QueryStreamVerifier with verify: sequence
         self._outputs: dict = {}
         self._inputs: list = []
         self._slot = LatestSlot()
@@ -137,7 +140,7 @@ class LocalizerNode(LifecycleNode):
         self._recent_calibration_misses = RecentEvents()
         self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
                        "fused": 0, "scan_missed_image": 0, "no_calibration": 0, "image_only_fallback": 0,
-                       "verified": 0, "unverified": 0, "camera_pose": 0}
+                       "verified": 0, "unverified": 0, "camera_pose": 0, "no_odometry": 0}
         self._last_calibration_error = ""
         self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
@@ -159,6 +162,9 @@ class LocalizerNode(LifecycleNode):
             self._localizer = self._model = None
             self.get_logger().error(f"configure failed: {one_line(e)}")
             return TransitionCallbackReturn.FAILURE
+        if self.params["verify"] == "none":
+            self.get_logger().warning(f"{UNVERIFIED_LOG}: a look-alike place is published as a match (set verify: "
+                                      "auto, registration or sequence unless a consumer verifies them itself)")
         self._create_publishers()
         self._relocalizer.configure(self.params)
         self._slot = LatestSlot()
@@ -182,7 +188,7 @@ class LocalizerNode(LifecycleNode):
         p = self.params
         self.get_logger().info(
             f"{READY_LOG}: model {self._model.name}, map {p['map']} ({len(self._localizer.mapdb)} keyframes), "
-            f"image {self._image_topic()}"
+            f"verify {p['verify']}, image {self._image_topic()}"
             + (f", scan {self.resolve_topic_name(p['points_topic'])}" if p["use_scan"] else "")
             + (f", calibration {'from ' + p['calib_file'] if p['calib_file'] else 'from tf + CameraInfo'}" if p["use_scan"] else "")
         )
@@ -231,11 +237,10 @@ class LocalizerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ setup
     def _read_parameters(self) -> dict:
+        """The parameters, checked; `verify` resolved (auto: registration with use_scan, else sequence)."""
         params = {name: self.get_parameter(name).value for name in PARAMETERS}
         check_parameters(params)  # choices, bounds, lengths
-        if params["verify"] == SEQUENCE_VERIFY:
-            raise ValueError("parameter 'verify' is 'sequence': sequence verification runs in `cmirl localize` / "
-                             "`cmirl eval` only; the node verifies with registration")
+        params["verify"] = resolve_verify(params["verify"], params["use_scan"])
         if not params["map"]:
             raise ValueError("parameter 'map' is empty: give a map directory (cmirl map build ... --out DIR)")
         if not (Path(params["map"]) / "manifest.json").is_file():  # fail before the slow model load
@@ -243,8 +248,8 @@ class LocalizerNode(LifecycleNode):
         if params["use_scan"] and not params["calib_file"] and not params["use_camera_info"]:
             raise ValueError("use_scan without 'calib_file' takes the calibration from tf and CameraInfo: "
                              "use_camera_info must be true (or give a KITTI calib.txt as calib_file)")
-        if params["verify"] != "none" and not params["use_scan"]:
-            raise ValueError(f"verify '{params['verify']}' registers the live scan against the map's keyframe clouds: "
+        if params["verify"] == "registration" and not params["use_scan"]:
+            raise ValueError("verify 'registration' registers the live scan against the map's keyframe clouds: "
                              "it needs use_scan: true")
         check_relocalization(params)
         if params["session_map"] and params["verify"] != "registration":
@@ -279,7 +284,12 @@ class LocalizerNode(LifecycleNode):
             from cmirl_ros.ros.session import SessionLoopClosures
 
             self._session = SessionLoopClosures(self, self._localizer, p)
-        if self._verifying(p):
+        self._sequence = None
+        if p["verify"] == SEQUENCE_VERIFY:
+            from cmirl_ros.localization.sequence import QueryStreamVerifier
+
+            self._sequence = QueryStreamVerifier(sequence_config(p), odometry=bool(p["sequence_odometry"]))
+        if p["verify"] == "registration":
             return  # the throw-away query below has no scan to verify
         # One throw-away query at a typical camera size: the first real one would otherwise pay for lazy allocations.
         width, height = KITTI_IMAGE_SIZE
@@ -301,14 +311,12 @@ class LocalizerNode(LifecycleNode):
             self._outputs["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
 
     @staticmethod
-    def _verifying(params: dict) -> bool:
-        return params["verify"] != "none"
-
-    @staticmethod
     def _tf_needed(params: dict) -> bool:
-        """tf for the calibration (use_scan without calib_file), the session map's odometry or map -> odom."""
+        """tf for the calibration (use_scan without calib_file), odometry (the session map's, sequence
+        verification's) or map -> odom."""
+        sequence_odometry = params["verify"] == SEQUENCE_VERIFY and bool(params["sequence_odometry"])
         return ((bool(params["use_scan"]) and not params["calib_file"]) or bool(params["session_map"])
-                or bool(params["publish_map_odom_tf"]))
+                or bool(params["publish_map_odom_tf"]) or sequence_odometry)
 
     def _tf_message_type(self):
         """tf2_msgs' TFMessage: required for a scan calibrated from tf, else only wanted (base_frame ->
@@ -517,8 +525,8 @@ class LocalizerNode(LifecycleNode):
         localizer = self._localizer
         if localizer is None:
             return
-        verifying = self._verifying(self.params)
-        if verifying and query.points is None:  # an image-only fallback query cannot be verified
+        verify = self.params["verify"]
+        if verify == "registration" and query.points is None:  # an image-only fallback query cannot be verified
             self.counts["unverified"] += 1
             return
         result = localizer.localize(query.rgb, points=query.points, stamp=query.stamp, calib=query.calib)
@@ -526,17 +534,24 @@ class LocalizerNode(LifecycleNode):
         if self._session is not None and query.points is not None:  # whether or not the prior map matched
             # The scan's stamp: a SLAM back end's keyframes are its scans.
             self._session.add(self._tf, query.scan_stamp, query.points, query.calib, query.scan_frame)
-        matches = list(result.matches)
-        if not matches:  # with verification, the core dropped every unverified candidate
-            self.counts["unverified" if verifying else "below_threshold"] += 1
-            return
-        self.counts["verified"] += verifying
         header = Header(stamp=query.header.stamp, frame_id=self.params["map_frame"])
+        matches = list(result.matches)
+        if verify == SEQUENCE_VERIFY and matches:  # the ranking, confirmed or not: candidates, not a match
+            self._publish("candidates", messages.candidates_msg(header, matches))
+        chosen = self._verified_choice(query, matches)
+        if chosen is None:  # registration: the core dropped every unverified candidate; sequence: not confirmed yet
+            retrieved_none = verify == "none" or (verify == SEQUENCE_VERIFY and not matches)
+            self.counts["below_threshold" if retrieved_none else "unverified"] += 1
+            return
+        self.counts["verified"] += verify != "none"
+        matches.insert(0, matches.pop(chosen))
         best = matches[0]
-        match = messages.match_msg(header, *self._match_pose(query, best, result.covariance))
+        covariance = result.covariance if chosen == 0 else self._covariance(matches)
+        match = messages.match_msg(header, *self._match_pose(query, best, covariance))
         self._publish("match", match)
-        self._relocalizer.offer(match, verifying, self._tf)
-        self._publish("candidates", messages.candidates_msg(header, matches))
+        self._relocalizer.offer(match, verify == "registration", self._tf)
+        if verify != SEQUENCE_VERIFY:
+            self._publish("candidates", messages.candidates_msg(header, matches))
         self._publish("markers", lambda: messages.match_markers(header, matches, self.params["marker_lift"]))
         self._publish("debug_image", lambda: self._debug_image(query, best))
         now = self.get_clock().now().nanoseconds * 1e-9
@@ -544,6 +559,40 @@ class LocalizerNode(LifecycleNode):
                         result.timings_ms.get("encode", float("nan")))
         self._last_score = float(best.score)
         self.counts["answered"] += 1
+
+    def _verified_choice(self, query: Query, matches: list) -> int | None:
+        """Index of the match to publish, or None: the first (registration already dropped the unverified
+        ones; none publishes it unverified), or the one sequence verification confirms."""
+        if self._sequence is None:
+            return 0 if matches else None
+        poses = np.array([m.T_world_cam for m in matches]).reshape(-1, 4, 4)
+        scores = np.array([m.score for m in matches])
+        odometry = self._odometry_camera_pose(query) if self._sequence.odometry else None
+        return self._sequence.update(query.stamp, poses, scores, odometry)[0]
+
+    def _odometry_camera_pose(self, query: Query) -> np.ndarray | None:
+        """T_odom_cam of the query: tf's odom_frame -> base_frame at its stamp, and the camera on the base;
+        None (counted as no_odometry) when either is unknown."""
+        p = self.params
+        try:
+            if query.T_base_cam is None:
+                raise TfError(f"camera frame '{query.header.frame_id}' not on '{p['base_frame']}'")
+            return self._tf.lookup(p["odom_frame"], p["base_frame"], query.stamp) @ query.T_base_cam
+        except TfError as e:
+            self.counts["no_odometry"] += 1
+            self.get_logger().warning(f"no odometry for the query at {query.stamp:.3f}, sequence verification "
+                                      f"restarts: {one_line(e)} (so far: {self.counts['no_odometry']})",
+                                      throttle_duration_sec=float(p["warn_throttle_s"]))
+            return None
+
+    def _covariance(self, matches: list) -> np.ndarray:
+        """The spread of the candidates around `matches[0]` (`match_covariance`), as the core computes it
+        for its own first."""
+        from cmirl_ros.localization.covariance import match_covariance
+
+        c = self._localizer.config
+        return match_covariance(np.array([m.score for m in matches]), np.array([m.T_world_cam for m in matches]),
+                                c.covariance_temperature, c.position_floor_m, c.rotation_floor_deg)
 
     def _base_pose(self, query: Query, T_map_cam: np.ndarray) -> np.ndarray | None:
         """T_map_base: base_frame's pose in the z-up map_frame (REP 105) from the query camera's pose
@@ -609,6 +658,7 @@ class LocalizerNode(LifecycleNode):
         values = {
             "state": "active" if self._active else ("inactive" if self._localizer is not None else "unconfigured"),
             "enabled": self._enabled,
+            "verify": self._verification(),
             **self.counts,
             "dropped": self._slot.dropped,
             "unpaired_images": sync.unpaired if sync else 0,
@@ -633,6 +683,14 @@ class LocalizerNode(LifecycleNode):
         if self._session is not None:
             values.update(self._session.diagnostics())
         return values
+
+    def _verification(self) -> str:
+        verify = self.params.get("verify", "")
+        if verify == "none":
+            return "none: matches are UNVERIFIED"
+        if verify == SEQUENCE_VERIFY:
+            return f"sequence ({'odometry' if self.params['sequence_odometry'] else 'stamps'})"
+        return verify
 
     def _tf_status(self) -> str:
         """Whether the last seen camera and scan frames hang off base_frame in tf (REP 105)."""
@@ -662,6 +720,8 @@ class LocalizerNode(LifecycleNode):
                 message += f"; no scan on {topic} for {values['scan_silent_s']:.1f} s ({fallback})"
             if problems:
                 message += f"; in the last {self._recent_errors.window:g} s: {', '.join(problems)}"
+        if self.params["verify"] == "none":
+            message += "; matches UNVERIFIED (verify: none)"
         level = DiagnosticStatus.OK if ok else (DiagnosticStatus.ERROR if dead_scan else DiagnosticStatus.WARN)
         self._diagnostics.publish(messages.diagnostics_msg(
             self.get_clock().now().to_msg(), f"{self.get_name()}: localization", values, level, message))

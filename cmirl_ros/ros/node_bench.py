@@ -138,9 +138,10 @@ def node_harness(model_ref: str, map_dir: Path, frames, threads: int, work: Path
     from cmirl_ros.ros.processes import start_localizer
     from cmirl_ros.topics import IMAGE
 
+    # verify none: every query answered, so that each one's latency is measured (callers may override).
     node = start_localizer({"model": model_ref, "map": str(map_dir), "device": "cpu", "num_threads": threads,
-                            "publish_markers": False, "publish_candidates": False, "diagnostics_period": 0.25,
-                            **params}, work)
+                            "verify": "none", "publish_markers": False, "publish_candidates": False,
+                            "diagnostics_period": 0.25, **params}, work)
     rclpy.init()
     bench = rclpy.create_node("cmirl_node_bench")
     arrivals: list[tuple[int, int]] = []

@@ -33,11 +33,14 @@ MAP_ODOM_PERIOD_S = 0.1
 MAP_ODOM_FUTURE_S = 0.5
 
 
+REFUSED = ("needs verify: registration (use_scan; verify auto picks it): an initial pose comes only from a "
+           "registered match, never from an unverified one nor from a sequence-confirmed keyframe's pose")
+
+
 def check_parameters(params: dict) -> None:
-    """Refuse what would let an unverified pose become an initial pose."""
-    if params["relocalize_on_start"] and params["verify"] == "none":
-        raise ValueError("parameter 'relocalize_on_start' needs verify: registration: an unverified match must never "
-                         "become an initial pose")
+    """Refuse what would let anything but a registered pose become an initial pose (`verify` resolved)."""
+    if params["relocalize_on_start"] and params["verify"] != "registration":
+        raise ValueError(f"parameter 'relocalize_on_start' {REFUSED}")
 
 
 class Relocalizer:
@@ -137,10 +140,9 @@ class Relocalizer:
     def _on_relocalize(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self._state is None:
             response.success, response.message = False, "not configured: nothing to relocalize against"
-        elif self._params["verify"] == "none":
-            response.success, response.message = False, (
-                "refused: verify is 'none' (needs use_scan and verify: registration): an unverified match must never "
-                "become an initial pose")
+        elif self._params["verify"] != "registration":
+            response.success = False
+            response.message = f"refused: verify is '{self._params['verify']}'; relocalization {REFUSED}"
         else:
             self._state.arm()
             response.success, response.message = True, "armed: the next verified match is published once on initialpose"

@@ -14,7 +14,7 @@ from cmirl_ros.cli import build_parser, main
 from cmirl_ros.localization.localizer import LocalizerConfig
 from cmirl_ros.localization.sequence import SequenceConfig
 from cmirl_ros.options import (CLI, NODE, OPTIONS, SECTIONS, check_parameters, cli_options, localize_yaml,
-                               localizer_config, node_options, section, sequence_config)
+                               localizer_config, node_options, resolve_verify, section, sequence_config)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_YAML = ROOT / "config" / "localize.yaml"
@@ -61,8 +61,8 @@ def test_node_parameters_yaml_and_flags_agree_on_the_shared_sections():
             if in_node:
                 assert params[option.name] == option.default, option.name
             if in_cli:
-                assert localize[option.name] == option.default, option.name
-            if in_node and in_cli:
+                assert localize[option.name] == option.default_in(CLI), option.name
+            if in_node and in_cli and option.cli_default is None:
                 assert params[option.name] == localize[option.name], option.name
     evaluate = flag_defaults("eval")
     for option in cli_options(("verification", "sequence"), ["retrieve"]):
@@ -71,7 +71,7 @@ def test_node_parameters_yaml_and_flags_agree_on_the_shared_sections():
 
 
 def test_the_tree_declares_every_config_field_with_its_default():
-    localizer = {(o.field or o.name): o.default for name in ("localizer", "verification")
+    localizer = {(o.field or o.name): o.default_in(CLI) for name in ("localizer", "verification")
                  for o in section(name).options if o.field is not None}
     assert set(localizer) == {f.name for f in fields(LocalizerConfig)} - NOT_OPTIONS
     defaults = asdict(LocalizerConfig())
@@ -104,6 +104,19 @@ def test_verify_sequence_leaves_the_localizer_unverified():
     assert localizer_config({"verify": "registration"}).verify == "registration"
 
 
+def test_the_node_verifies_by_default_and_the_offline_flags_measure_raw_retrieval():
+    """The node's default is auto: registration with the live scan, else sequence; never none unless
+    asked. The offline commands' flags keep none (their tables are raw retrieval) and accept auto."""
+    assert yaml_parameters(COMMITTED_YAML.read_text())["verify"] == "auto"
+    assert resolve_verify("auto", use_scan=True) == "registration"
+    assert resolve_verify("auto", use_scan=False) == "sequence"
+    assert [resolve_verify(name, use_scan) for name in ("none", "registration", "sequence") for use_scan in (0, 1)] \
+        == ["none", "none", "registration", "registration", "sequence", "sequence"]
+    assert flag_defaults("localize")["verify"] == flag_defaults("eval")["verify"] == "none"
+    args = build_parser().parse_args(["localize", "--map", "m", "--root", "r", "--verify", "auto"])
+    assert args.verify == "auto"
+
+
 @pytest.mark.parametrize("name, value, message", [
     ("qos", "fast", "parameter 'qos' is 'fast', expected one of: sensor_data, reliable"),
     ("top_k", 0, "parameter 'top_k' must be >= 1, got 0"),
@@ -111,7 +124,7 @@ def test_verify_sequence_leaves_the_localizer_unverified():
     ("min_scan_coverage", 2.0, "parameter 'min_scan_coverage' must be <= 1, got 2.0"),
     ("marker_lift", [1.0], "parameter 'marker_lift' needs 3 values, got [1.0]"),
     ("retrieve", "none", "parameter 'retrieve' is 'none', expected one of: faiss, faiss_scan_context"),
-    ("verify", "icp", "parameter 'verify' is 'icp', expected one of: none, registration, sequence"),
+    ("verify", "icp", "parameter 'verify' is 'icp', expected one of: auto, none, registration, sequence"),
 ])
 def test_a_bad_node_parameter_is_one_error_naming_it(name, value, message):
     params = {o.name: o.default for o in node_options()}
@@ -123,7 +136,7 @@ def test_a_bad_node_parameter_is_one_error_naming_it(name, value, message):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--top-k", "0", "argument --top-k: must be >= 1, got 0"),
-    ("--verify", "icp", "argument --verify: is 'icp', expected one of: none, registration, sequence"),
+    ("--verify", "icp", "argument --verify: is 'icp', expected one of: auto, none, registration, sequence"),
     ("--sequence-length", "x", "argument --sequence-length: invalid int value: 'x'"),
 ])
 def test_a_bad_flag_is_one_argparse_error_naming_it(tmp_path, capsys, flag, value, message):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cmirl_ros.localization.sequence import SequenceConfig, SequenceVerifier, verify_sequence
+from cmirl_ros.localization.sequence import QueryStreamVerifier, SequenceConfig, SequenceVerifier, verify_ranked
 
 
 def _xz(x, z=0.0, y=0.0):
@@ -10,17 +10,16 @@ def _xz(x, z=0.0, y=0.0):
 
 
 def test_confirms_after_n_consistent_steps_and_resets_on_a_jump():
-    v = SequenceVerifier(SequenceConfig(length=3, tolerance_m=1.0), axes=(0, 2))
-    # The query drives 2 m per step along z; its matches follow 2 m apart along x (another frame:
-    # only distances count). y is KITTI's vertical and is ignored.
-    assert not v.update(0.0, _xz(0, y=50), _xz(0))
-    assert not v.update(1.0, _xz(2.5), _xz(0, 2))
-    assert v.update(2.0, _xz(4), _xz(0, 4))
-    assert v.update(3.0, _xz(6), _xz(0, 6))
-    assert not v.update(4.0, _xz(90), _xz(0, 8))  # a look-alike 84 m away: rejected, new run starts
-    assert not v.update(5.0, _xz(10), _xz(0, 10))  # back on track, but the run is 2 long again...
-    assert not v.update(6.0, _xz(12), _xz(0, 12))  # 10 -> 12 agrees; 90 -> 10 did not
-    assert v.update(7.0, _xz(14), _xz(0, 14))
+    v = SequenceVerifier(SequenceConfig(length=3, tolerance_m=1.0, max_speed=3.0), axes=(0, 2))
+    # The matches move 2 m per 1 s step along x; y is KITTI's vertical and is ignored.
+    assert not v.update(0.0, _xz(0, y=50))
+    assert not v.update(1.0, _xz(2.5))
+    assert v.update(2.0, _xz(4))
+    assert v.update(3.0, _xz(6))
+    assert not v.update(4.0, _xz(90))  # a look-alike 84 m away: rejected, new run starts
+    assert not v.update(5.0, _xz(10))  # back on track, but the run is 2 long again...
+    assert not v.update(6.0, _xz(12))  # 10 -> 12 agrees; 90 -> 10 did not
+    assert v.update(7.0, _xz(14))
 
 
 def test_stamps_only_bound_by_speed():
@@ -41,20 +40,33 @@ def test_no_match_and_long_gap_start_a_new_sequence():
     assert v.update(11.0, _xz(1))
 
 
-def test_min_travel_refuses_a_standing_vehicle():
-    v = SequenceVerifier(SequenceConfig(length=3, tolerance_m=1.0, min_travel_m=3.0))
-    assert [v.update(t, _xz(5), _xz(0)) for t in range(4)] == [False] * 4
-    assert SequenceVerifier(SequenceConfig(length=3)).update(0.0, _xz(5), _xz(0)) is False
+def _at(*positions):
+    """(N,4,4) keyframe poses at these (x, z) positions."""
+    poses = np.tile(np.eye(4), (len(positions), 1, 1))
+    poses[:, :3, 3] = [_xz(x, z) for x, z in positions]
+    return poses
 
 
-def test_verify_sequence_batch_and_bad_config():
+def test_stream_stamps_only_confirms_the_top1_and_restarts_on_an_older_stamp():
+    stream = QueryStreamVerifier(SequenceConfig(length=2, tolerance_m=1.0, max_speed=3.0))
+    assert stream.update(0.0, _at((0, 0), (50, 0)), [0.8, 0.7]) == (None, pytest.approx(0.8))
+    assert stream.update(1.0, _at((2, 0), (50, 0)), [0.6, 0.5]) == (0, pytest.approx(0.6))
+    assert stream.update(2.0, np.zeros((0, 4, 4)), []) == (None, -np.inf)  # nothing retrieved: a new run
+    assert stream.update(3.0, _at((4, 0)), [0.5])[0] is None
+    assert stream.update(4.0, _at((6, 0)), [0.5])[0] == 0
+    assert stream.update(0.5, _at((6, 0)), [0.5])[0] is None  # a replay started again: a new run
+
+
+def test_verify_ranked_stamps_only_batch_and_bad_config():
     stamps = np.arange(5.0)
-    matches = np.stack([_xz(2 * i) for i in range(5)])
-    accepted = verify_sequence(stamps, matches, np.array([True, True, True, False, True]),
-                               odometry_positions=matches, config=SequenceConfig(length=2))
-    assert list(accepted) == [False, True, True, False, False]
+    keyframes = _at(*[(2 * i, 0) for i in range(5)])
+    ranked = np.arange(5)[:, None]
+    scores = np.array([[0.5], [0.5], [0.5], [-np.inf], [0.5]])
+    picked, accepted, picked_scores = verify_ranked(stamps, ranked, scores, keyframes, None, SequenceConfig(length=2))
+    assert list(picked) == list(range(5)) and list(accepted) == [False, True, True, False, False]
+    assert list(picked_scores) == [0.5, 0.5, 0.5, -np.inf, 0.5]
     with pytest.raises(ValueError, match="stamp order"):
-        verify_sequence(stamps[::-1], matches, np.ones(5, bool))
+        verify_ranked(stamps[::-1], ranked, scores, keyframes, None)
     with pytest.raises(ValueError, match="length"):
         SequenceConfig(length=0)
 
@@ -116,26 +128,39 @@ def test_path_heading_tolerance_and_min_score():
                 scores)[2] == (None, pytest.approx(0.7))
 
 
-def test_verify_paths_batch_min_travel_gap_and_missing_candidates():
-    from cmirl_ros.localization.sequence import verify_paths
-
-    candidates = np.stack([np.stack([LOOK_ALIKE[t], TRUE_PATH[t]]) for t in range(3)] * 2)  # (6, 2, 4, 4)
+def test_verify_ranked_with_odometry_min_travel_gap_and_missing_candidates():
+    keyframes = np.stack([pose for t in range(3) for pose in (LOOK_ALIKE[t], TRUE_PATH[t])])  # ids 2t, 2t + 1
+    ranked = np.tile(np.arange(6).reshape(3, 2), (2, 1))  # two drives of the same 3 queries
     scores = np.tile([0.9, 0.6], (6, 1))
     odometry = np.stack(ODOMETRY + [_pose(0, 100) @ p for p in ODOMETRY])
     stamps = np.arange(6.0)
     cfg = SequenceConfig(length=3, tolerance_m=1.0, tolerance_deg=20.0, candidates=2)
-    chosen, path_scores = verify_paths(stamps, candidates, scores, odometry, cfg, axes=(0, 2))
+
+    def confirmed(stamps, scores, config, queries=6):
+        return list(verify_ranked(stamps, ranked[:queries], scores, keyframes, odometry[:queries], config, (0, 2))[1])
+
+    picked, accepted, path_scores = verify_ranked(stamps, ranked, scores, keyframes, odometry, cfg, axes=(0, 2))
     # The odometry jumps between the two drives (100 m in 1 s): the second drive's window mixes them until full again.
-    assert list(chosen) == [-1, -1, 1, -1, -1, 1] and path_scores[2] == pytest.approx(0.6)
+    assert list(accepted) == [False, False, True, False, False, True] and path_scores[2] == pytest.approx(0.6)
+    assert picked[2] == picked[5] == 5  # the true keyframe, ranked second; unconfirmed queries keep their top-1
+    assert list(picked[:2]) == [0, 2]
     travel = SequenceConfig(length=3, tolerance_m=1.0, candidates=2, min_travel_m=11.0)  # the drive covers 10 m
-    assert list(verify_paths(stamps[:3], candidates[:3], scores[:3], odometry[:3], travel, (0, 2))[0]) == [-1] * 3
-    gap = verify_paths(np.array([0.0, 1.0, 9.0]), candidates[:3], scores[:3], odometry[:3], cfg, (0, 2))[0]
-    assert list(gap) == [-1] * 3  # an 8 s pause (max_gap_s 5) restarts the window
+    assert confirmed(stamps[:3], scores[:3], travel, 3) == [False] * 3
+    assert confirmed(np.array([0.0, 1.0, 9.0]), scores[:3], cfg, 3) == [False] * 3  # an 8 s pause (max_gap_s 5)
     missing = scores[:3].copy()
     missing[1] = -np.inf  # no candidate for the middle query: no match, new window
-    assert list(verify_paths(stamps[:3], candidates[:3], missing, odometry[:3], cfg, (0, 2))[0]) == [-1] * 3
+    assert confirmed(stamps[:3], missing, cfg, 3) == [False] * 3
     with pytest.raises(ValueError, match="candidates"):
         SequenceConfig(candidates=0)
+
+
+def test_stream_with_odometry_needs_every_query_s_odometry_pose():
+    cfg = SequenceConfig(length=3, tolerance_m=1.0, tolerance_deg=20.0, candidates=2)
+    candidates = [np.stack([LOOK_ALIKE[t], TRUE_PATH[t]]) for t in range(3)]
+    stream = QueryStreamVerifier(cfg, odometry=True, axes=(0, 2))
+    assert [stream.update(float(t), candidates[t], [0.9, 0.6], ODOMETRY[t])[0] for t in range(3)] == [None, None, 1]
+    assert stream.update(3.0, candidates[2], [0.9, 0.6], None) == (None, -np.inf)  # odometry lost: a new run
+    assert stream.update(4.0, candidates[2], [0.9, 0.6], ODOMETRY[2])[0] is None
 
 
 def test_path_needs_a_turn_and_a_unique_place_when_asked():

@@ -12,7 +12,7 @@ import pytest
 from cmirl_ros.ros.localizer_node import WAITING_LOG
 from test_node_lifecycle import state, transition
 
-NODE_PARAMS = {"device": "cpu", "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.0}
+NODE_PARAMS = {"device": "cpu", "verify": "none", "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.0}
 
 
 def _edit_manifest(directory: Path, edit) -> None:

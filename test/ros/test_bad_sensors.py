@@ -35,9 +35,10 @@ def test_unusable_scans_and_intrinsics_are_reported_and_the_image_answered(sim_r
     from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image, numpy_to_pointcloud2, seconds_to_stamp
 
     process, node, client = live_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
-                                            "use_scan": True, "calib_file": str(sim_calib_file), "qos": "reliable",
-                                            "num_threads": 2, "diagnostics_period": 0.2, "stats_window": STATS_WINDOW,
-                                            "scan_timeout": 600.0}, "cmirl_bad_sensor_test")
+                                            "verify": "none", "use_scan": True, "calib_file": str(sim_calib_file),
+                                            "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2,
+                                            "stats_window": STATS_WINDOW, "scan_timeout": 600.0},
+                                           "cmirl_bad_sensor_test")
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     images = node.create_publisher(Image, IMAGE, reliable)
     clouds = node.create_publisher(PointCloud2, POINTS, reliable)

@@ -124,8 +124,8 @@ def test_player_node_recorder_at_10hz_image_only(sim_root, sim_bag, lite_checkpo
 
     dataset = KittiSequence(sim_root, "00")
     assert np.allclose(np.diff(dataset.stamps), 0.1), "the simulated bag should replay at 10 Hz"
-    recording = run_pipeline(sim_bag, {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu"},
-                             ros_workdir, rate=1.0)
+    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "verify": "none"}
+    recording = run_pipeline(sim_bag, params, ros_workdir, rate=1.0)
     check_outputs(recording, dataset, lite_model, lite_map, use_scan=False, min_answered=0.95)
     check_base_poses(recording, dataset, lite_map)
 
@@ -137,7 +137,7 @@ def test_player_node_recorder_with_synchronised_scans(sim_root, sim_bag, sim_cal
     from cmirl_ros.datasets.kitti import KittiSequence
 
     dataset = KittiSequence(sim_root, "00")
-    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
+    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "verify": "none", "use_scan": True,
               "calib_file": str(sim_calib_file)}
     recording = run_pipeline(sim_bag, params, ros_workdir, rate=0.25)
     check_outputs(recording, dataset, lite_model, lite_map, use_scan=True, min_answered=0.95)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from cmirl_ros.ros.localizer_node import READY_LOG, WAITING_LOG
+from cmirl_ros.ros.localizer_node import READY_LOG, UNVERIFIED_LOG, WAITING_LOG
 from cmirl_ros.ros.processes import start_localizer
 
 
@@ -60,7 +60,7 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
     from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
 
     process = start_localizer({"managed": True, "model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
-                               "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2,
+                               "verify": "none", "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2,
                                "publish_debug_image": True, "max_query_rate": 2.0}, ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_lifecycle_test")
@@ -77,8 +77,11 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         node.create_subscription(MarkerArray, "/localizer/map_markers", map_markers.append, latched)
 
+        assert UNVERIFIED_LOG not in process.log()
         assert transition(client, Transition.TRANSITION_CONFIGURE)
         assert state(client) == "inactive"
+        process.wait_for(UNVERIFIED_LOG, 5)  # verify none, asked for explicitly: one WARN
+        assert [line for line in process.log().splitlines() if UNVERIFIED_LOG in line][0].startswith("[WARN]")
         assert images.get_subscription_count() == 0, "an inactive node must not subscribe"
         assert transition(client, Transition.TRANSITION_ACTIVATE)
         process.wait_for(READY_LOG, 30)
@@ -139,6 +142,7 @@ def test_managed_node_lifecycle_and_services(sim_root, lite_checkpoint, lite_map
         assert client.spin_until(lambda: diagnostics, 5)
         values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
         assert values["state"] == "active" and int(values["answered"]) >= 2 and int(values["map_size"]) > 0
+        assert values["verify"] == "none: matches are UNVERIFIED" and "UNVERIFIED" in diagnostics[-1].status[0].message
         assert int(values["camera_pose"]) - int(values["answered"]) in (0, 1)  # one query may be between the two
         assert float(values["latency_ms_p50"]) > 0
 
@@ -163,7 +167,8 @@ def test_plain_node_without_map_exits_with_a_clear_error(ros_workdir, refused_st
 
 @pytest.mark.parametrize("params, message", [
     ({"top_k": 0}, "parameter 'top_k' must be >= 1, got 0"),  # the option tree's checks
-    ({"verify": "sequence"}, "parameter 'verify' is 'sequence': sequence verification runs in `cmirl localize`"),
+    # verify auto without use_scan is sequence: no registration to verify the session's loop closures with
+    ({"session_map": True}, "session_map verifies its loop closures by registering the live scans"),
 ])
 def test_plain_node_with_a_bad_parameter_exits_naming_it(ros_workdir, refused_start, params, message):
     code, errors, log = refused_start({"model": "cmirl_lite", "map": str(ros_workdir / "map"), "device": "cpu", **params})

@@ -192,8 +192,9 @@ def test_one_initialpose_per_request_and_map_odom_tf(drive, ros_workdir):
     assert code == 0 and "Traceback" not in node.log(), node.log()[-3000:]
 
 
-def test_relocalization_refused_without_verification(lite_checkpoint, lite_map, ros_workdir):
-    """verify none: ~/relocalize answers success=false with the reason; relocalize_on_start stops configure."""
+def test_relocalization_refused_without_registration(lite_checkpoint, lite_map, ros_workdir):
+    """Image-only with the default verify (auto: sequence, keyframe poses): ~/relocalize answers
+    success=false with the reason; relocalize_on_start stops configure."""
     import rclpy
     from std_srvs.srv import Trigger
 
@@ -205,7 +206,7 @@ def test_relocalization_refused_without_verification(lite_checkpoint, lite_map, 
         client = Client(rclpy, rclpy.create_node("relocalize_refused"))
         node.wait_for(READY_LOG, 300)
         response = client.call(Trigger, "/localizer/relocalize", Trigger.Request())
-        assert not response.success and "verify is 'none'" in response.message, response.message
+        assert not response.success and "verify is 'sequence'" in response.message, response.message
         code = starting.process.wait(timeout=120)
     finally:
         rclpy.try_shutdown()
@@ -225,5 +226,6 @@ def test_relocalization_parameters_checked():
     check_parameters(verified)
     with pytest.raises(ValueError, match="'relocalize_matches' must be >= 1, got 0"):
         check_options({**verified, "relocalize_matches": 0})
-    with pytest.raises(ValueError, match="'relocalize_on_start' needs verify: registration"):
-        check_parameters({**verified, "verify": "none"})
+    for unregistered in ("none", "sequence"):
+        with pytest.raises(ValueError, match="'relocalize_on_start' needs verify: registration"):
+            check_parameters({**verified, "verify": unregistered})

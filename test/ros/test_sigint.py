@@ -96,7 +96,7 @@ def test_node_exits_within_2_s_of_sigint_under_a_pty(managed, busy, sim_root, li
     from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
 
     params = {"managed": managed, "model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
-              "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.1}
+              "verify": "none", "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.1}
     params_file = write_params_file(ros_workdir / "params.yaml", params)
     process = PtyProcess(entry_point_command() + ["--ros-args", "--params-file", str(params_file)],
                          ros_workdir / "localizer.log")

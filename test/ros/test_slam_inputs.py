@@ -50,7 +50,7 @@ def test_compressed_bag_with_tf_replays_into_the_node_without_calib_file(tmp_pat
     sequence = BagSequence(bag)
     assert sequence.image_topic == "/camera/image/compressed"
 
-    params = {"model": SHIPPED, "map": str(tmp_path / "map"), "device": "cpu", "use_scan": True,
+    params = {"model": SHIPPED, "map": str(tmp_path / "map"), "device": "cpu", "verify": "none", "use_scan": True,
               "image_transport": "compressed", "calib_file": "", "exclude_seconds": 0.0, "stats_window": 1e6}
     recording = run_pipeline(bag, params, tmp_path, rate=1.0,
                              wait_for=("/camera/image/compressed", "/lidar/points", "/tf_static"))
@@ -86,7 +86,7 @@ def test_two_namespaced_localizers_do_not_cross_talk(sim_root, lite_checkpoint, 
     from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
 
     params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "qos": "reliable", "num_threads": 1,
-              "publish_markers": False}
+              "verify": "none", "publish_markers": False}
     robots = {"robot1": 100.0, "robot2": 200.0}  # stamps each robot's images carry
     processes = {name: start_namespaced(name, params, ros_workdir) for name in robots}
     rclpy.init()
@@ -138,7 +138,7 @@ def test_silent_lidar_and_missing_tf_are_reported_never_answered_alone(sim_root,
 
     process = start_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
                                "qos": "reliable", "num_threads": 1, "scan_timeout": 0.5, "diagnostics_period": 0.2,
-                               "sync_queue_size": 2}, ros_workdir)
+                               "verify": "none", "sync_queue_size": 2}, ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_dead_lidar_test")
     client = Client(rclpy, node)
@@ -211,8 +211,9 @@ def test_fallback_image_only_answers_while_the_lidar_is_silent(sim_root, sim_cal
     from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
 
     process = start_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "use_scan": True,
-                               "calib_file": str(sim_calib_file), "fallback_image_only": True, "scan_timeout": 0.3,
-                               "qos": "reliable", "num_threads": 1, "diagnostics_period": 0.2}, ros_workdir)
+                               "verify": "none", "calib_file": str(sim_calib_file), "fallback_image_only": True,
+                               "scan_timeout": 0.3, "qos": "reliable", "num_threads": 1, "diagnostics_period": 0.2},
+                              ros_workdir)
     rclpy.init()
     node = rclpy.create_node("cmirl_fallback_test")
     client = Client(rclpy, node)
@@ -252,7 +253,7 @@ def test_qos_overrides_and_unusable_camera_info(sim_root, lite_checkpoint, lite_
     from cmirl_ros.datasets.kitti import KittiSequence
     from cmirl_ros.ros.conversions import camera_info_msg, numpy_to_image
 
-    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "num_threads": 1,
+    params = {"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu", "verify": "none", "num_threads": 1,
               "diagnostics_period": 0.2,
               "qos_overrides": {"/camera/image": {"subscription": {"reliability": "reliable", "depth": 3}}}}
     process = start_localizer(params, ros_workdir)
