@@ -170,6 +170,6 @@ def test_plain_node_without_map_exits_with_a_clear_error(ros_workdir, refused_st
     # verify auto without use_scan is sequence: no registration to verify the session's loop closures with
     ({"session_map": True}, "session_map verifies its loop closures by registering the live scans"),
 ])
-def test_plain_node_with_a_bad_parameter_exits_naming_it(ros_workdir, refused_start, params, message):
-    code, errors, log = refused_start({"model": "cmirl_lite", "map": str(ros_workdir / "map"), "device": "cpu", **params})
+def test_plain_node_with_a_bad_parameter_exits_naming_it(lite_map, refused_start, params, message):
+    code, errors, log = refused_start({"model": "cmirl_lite", "map": str(lite_map), "device": "cpu", **params})
     assert code == 1 and len(errors) == 1 and "configure failed" in errors[0] and message in errors[0], log
