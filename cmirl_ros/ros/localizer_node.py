@@ -140,7 +140,7 @@ class LocalizerNode(LifecycleNode):
         self._recent_calibration_misses = RecentEvents()
         self.counts = {"images": 0, "scans": 0, "answered": 0, "below_threshold": 0, "rejected": 0, "errors": 0,
                        "fused": 0, "scan_missed_image": 0, "no_calibration": 0, "image_only_fallback": 0,
-                       "verified": 0, "unverified": 0, "camera_pose": 0, "no_odometry": 0}
+                       "verified": 0, "unverified": 0, "camera_pose": 0, "sequence_no_odometry": 0}
         self._last_calibration_error = ""
         self._last_scan_coverage = float("nan")
         self._last_score = float("nan")
@@ -572,16 +572,16 @@ class LocalizerNode(LifecycleNode):
 
     def _odometry_camera_pose(self, query: Query) -> np.ndarray | None:
         """T_odom_cam of the query: tf's odom_frame -> base_frame at its stamp, and the camera on the base;
-        None (counted as no_odometry) when either is unknown."""
+        None (counted as sequence_no_odometry) when either is unknown."""
         p = self.params
         try:
             if query.T_base_cam is None:
                 raise TfError(f"camera frame '{query.header.frame_id}' not on '{p['base_frame']}'")
             return self._tf.lookup(p["odom_frame"], p["base_frame"], query.stamp) @ query.T_base_cam
         except TfError as e:
-            self.counts["no_odometry"] += 1
+            self.counts["sequence_no_odometry"] += 1
             self.get_logger().warning(f"no odometry for the query at {query.stamp:.3f}, sequence verification "
-                                      f"restarts: {one_line(e)} (so far: {self.counts['no_odometry']})",
+                                      f"restarts: {one_line(e)} (so far: {self.counts['sequence_no_odometry']})",
                                       throttle_duration_sec=float(p["warn_throttle_s"]))
             return None
 

@@ -46,7 +46,7 @@ def test_default_node_publishes_a_match_only_once_the_sequence_confirms_it(sim_r
     def query(stamp: float) -> bool:
         """Send the image; True when the node published a ~/match for it (its top candidate's pose)."""
         images.publish(numpy_to_image(image, "rgb8", stamp=seconds_to_stamp(stamp), frame_id="camera"))
-        assert client.spin_until(lambda: stamp in candidates, 30), f"no ~/candidates at {stamp}:\n{process.log()[-2000:]}"
+        assert client.spin_until(lambda: stamp in candidates, 30), (stamp, process.log()[-2000:])
         client.spin_until(lambda: stamp in matches, 2.0)  # a match follows its candidates within milliseconds
         if stamp not in matches:
             return False
