@@ -3,6 +3,7 @@ query's match is published on ~/match only once the matches of the last sequence
 agree with the motion; until then only its ranked ~/candidates are."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cmirl_ros.topics import IMAGE
@@ -62,3 +63,58 @@ def test_default_node_publishes_a_match_only_once_the_sequence_confirms_it(sim_r
     assert client.spin_until(lambda: diagnostics, 5)
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     assert values["verify"] == "sequence (stamps)" and int(values["answered"]) == 2 and int(values["unverified"]) == 4
+
+
+def test_sequence_odometry_confirms_only_matches_that_follow_the_odometry(sim_root, sim_calib_file, lite_checkpoint,
+                                                                          lite_map, live_localizer):
+    """sequence_odometry: the path check over tf odom -> base_link (the camera on the base from
+    calib_file). One image again and again keeps its top-1 keyframe in place: a standing robot's
+    odometry confirms that at the third query, a moving one's (10 m per query) never does, and a query
+    whose stamp tf does not cover is counted and publishes nothing."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from cmirl_ros.datasets.kitti import KittiSequence
+    from cmirl_ros.geometry.camera import make_transform
+    from cmirl_ros.ros.bag_writer import transform_stamped
+    from cmirl_ros.ros.conversions import numpy_to_image, seconds_to_stamp
+    from cmirl_ros.ros.interfaces import candidates_type, tf_message_type
+    from cmirl_ros.sensor_decoding import stamp_to_seconds
+
+    process, node, client = live_localizer({"model": str(lite_checkpoint), "map": str(lite_map), "device": "cpu",
+                                            "qos": "reliable", "num_threads": 2, "diagnostics_period": 0.2,
+                                            "calib_file": str(sim_calib_file), "sequence_odometry": True},
+                                           "cmirl_sequence_odometry_test")
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    images = node.create_publisher(Image, IMAGE, reliable)
+    tf = node.create_publisher(tf_message_type(), "/tf", reliable)
+    matches, candidates, diagnostics = {}, {}, []
+    node.create_subscription(PoseWithCovarianceStamped, "/localizer/match",
+                             lambda m: matches.setdefault(stamp_to_seconds(m.header.stamp), m), reliable)
+    node.create_subscription(candidates_type(), "/localizer/candidates",
+                             lambda m: candidates.setdefault(stamp_to_seconds(m.header.stamp), m), reliable)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    assert client.spin_until(lambda: images.get_subscription_count() > 0 and tf.get_subscription_count() > 0, 10)
+    image = KittiSequence(sim_root, "00")[5].image
+    standing = [100.0 + STEP_S * k for k in range(3)]
+    moving = [101.0 + STEP_S * k for k in range(3)]
+    odometry = [(s, np.eye(4)) for s in standing] + [(s, make_transform(np.eye(3), np.array([10.0 * (k + 1), 0, 0])))
+                                                     for k, s in enumerate(moving)]
+    tf.publish(tf_message_type()(transforms=[transform_stamped(seconds_to_stamp(s), "odom", "base_link", T)
+                                             for s, T in odometry]))
+
+    def query(stamp: float) -> bool:
+        images.publish(numpy_to_image(image, "rgb8", stamp=seconds_to_stamp(stamp), frame_id="camera"))
+        assert client.spin_until(lambda: stamp in candidates, 30), (stamp, process.log()[-2000:])
+        client.spin_until(lambda: stamp in matches, 2.0)
+        return stamp in matches
+
+    assert [query(s) for s in standing] == [False, False, True]
+    assert [query(s) for s in moving] == [False, False, False]
+    assert not query(101.5)  # no odometry at this stamp
+    diagnostics.clear()
+    assert client.spin_until(lambda: diagnostics, 5)
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert values["verify"] == "sequence (odometry)" and int(values["sequence_no_odometry"]) == 1, values
