@@ -177,7 +177,7 @@ SECTIONS = (
                at_least=1),
         Option("registration_threads", 1, "threads of one registration", at_least=1),
     )),
-    Section("sequence", "sequence verification (SequenceConfig): verify sequence, or auto without use_scan",
+    Section("sequence", "sequence verification (SequenceConfig): verify sequence, or auto without the scan",
             (NODE, CLI), (
         Option("sequence_length", 3, "N consecutive agreeing matches", at_least=1, field="length"),
         Option("sequence_tolerance", 5.0, "stamps only: slack per step (m); with odometry: how far a supporting candidate may lie from where the path puts its query (m)",
