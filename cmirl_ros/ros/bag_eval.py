@@ -61,78 +61,86 @@ class Recorded:
     frame_ids: list[str]
     candidates: list[np.ndarray]  # per query: (k,) candidate keyframe ids, best first
     scores: list[np.ndarray]  # per query: (k,) their scores
-    loop_closures: np.ndarray  # (L, 2): query stamp, matched keyframe stamp (session-map closures)
+    loop_closures: np.ndarray  # (L, 2): query stamp, matched keyframe stamp (well-formed session-map closures)
     receive_times: np.ndarray  # (Q,) wall time the match arrived at the recorder (s)
     diagnostics: list[dict]
+    match_poses: dict[float, np.ndarray]  # {query stamp: published ~/match pose (4,4)}, every match
+    slam_outputs: dict  # see `SlamOutputs.to_dict`
+
+
+@dataclass
+class SlamOutputs:
+    """The SLAM-facing outputs of a recording, as JSON-ready lists: `loop_closures` [query_stamp,
+    matched_stamp] of each ~/loop_closure (exactly 2 values; other sizes are counted in
+    `malformed_loop_closures`), `edges` / `rejected` {query_stamp, matched_stamp, score, fitness,
+    relative_pose (4x4)} of each LoopClosure, `initialposes` {stamp, frame_id, pose (4x4)} of each /initialpose."""
+
+    loop_closures: list
+    malformed_loop_closures: int
+    edges: list
+    rejected: list
+    initialposes: list
+
+    def add(self, role: str, msg) -> None:
+        from cmirl_ros.datasets.bag import pose_to_matrix
+        from cmirl_ros.sensor_decoding import stamp_to_seconds
+
+        if role == "loop_closure":
+            if len(msg.data) == 2:
+                self.loop_closures.append([float(v) for v in msg.data])
+            else:
+                self.malformed_loop_closures += 1
+        elif role == "initialpose":
+            self.initialposes.append({"stamp": stamp_to_seconds(msg.header.stamp), "frame_id": msg.header.frame_id,
+                                      "pose": pose_to_matrix(msg.pose.pose).tolist()})
+        else:
+            edges = self.edges if role == "loop_closure_edge" else self.rejected
+            edges.append({"query_stamp": stamp_to_seconds(msg.query_stamp),
+                          "matched_stamp": stamp_to_seconds(msg.matched_stamp), "score": float(msg.score),
+                          "fitness": float(msg.fitness), "relative_pose": pose_to_matrix(msg.relative_pose).tolist()})
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def read_recording(path: Path) -> Recorded:
+    """Everything the node published in one pass over the recording."""
     from rosbags.rosbag2 import Reader
 
+    from cmirl_ros.datasets.bag import pose_to_matrix
     from cmirl_ros.ros.interfaces import interfaces_typestore
 
     store = interfaces_typestore()
-    matches, candidates, loops, diagnostics = {}, {}, [], []
+    slam_roles = {OUTPUTS["loop_closure"]: "loop_closure", **{v: k for k, v in SLAM_OUTPUTS.items()}}
+    slam = SlamOutputs([], 0, [], [], [])
+    matches, candidates, diagnostics, match_poses = {}, {}, [], {}
     with Reader(path) as reader:
         for connection, bag_time, raw in reader.messages():
             msg = store.deserialize_cdr(raw, connection.msgtype)
             if connection.topic == OUTPUTS["match"]:
                 key = (msg.header.stamp.sec, msg.header.stamp.nanosec)  # exact: the query's stamp
                 matches[key] = (key[0] + key[1] * 1e-9, msg.header.frame_id, bag_time * 1e-9)
+                match_poses[key[0] + key[1] * 1e-9] = pose_to_matrix(msg.pose.pose)
             elif connection.topic == OUTPUTS["candidates"]:
                 key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
                 candidates[key] = (np.asarray(msg.keyframe_ids, np.int64), np.asarray(msg.scores, np.float64))
-            elif connection.topic == OUTPUTS["loop_closure"]:
-                loops.append(np.asarray(msg.data, dtype=np.float64))
             elif connection.topic == OUTPUTS["diagnostics"]:
                 for status in msg.status:
                     diagnostics.append({kv.key: kv.value for kv in status.values})
+            if connection.topic in slam_roles:
+                slam.add(slam_roles[connection.topic], msg)
     keys = sorted(k for k in matches if k in candidates)
-    loop_closures = np.array(loops).reshape(len(loops), -1) if loops else np.zeros((0, 2))
     return Recorded(
         stamps=np.array([matches[k][0] for k in keys]),
         frame_ids=[matches[k][1] for k in keys],
         candidates=[candidates[k][0] for k in keys],
         scores=[candidates[k][1] for k in keys],
-        loop_closures=loop_closures,
+        loop_closures=np.array(slam.loop_closures, dtype=np.float64).reshape(-1, 2),
         receive_times=np.array([matches[k][2] for k in keys]),
         diagnostics=diagnostics,
+        match_poses=match_poses,
+        slam_outputs=slam.to_dict(),
     )
-
-
-def read_slam_outputs(path: Path) -> dict:
-    """The SLAM-facing outputs of a recording, as JSON-ready lists: `loop_closures` [query_stamp,
-    matched_stamp] of each ~/loop_closure (exactly 2 values; other sizes are counted in
-    `malformed_loop_closures`), `edges` / `rejected` {query_stamp, matched_stamp, score, fitness,
-    relative_pose (4x4)} of each LoopClosure, `initialposes` {stamp, frame_id, pose (4x4)} of each /initialpose."""
-    from rosbags.rosbag2 import Reader
-
-    from cmirl_ros.datasets.bag import pose_to_matrix
-    from cmirl_ros.ros.interfaces import interfaces_typestore
-    from cmirl_ros.sensor_decoding import stamp_to_seconds
-
-    store = interfaces_typestore()
-    topics = {OUTPUTS["loop_closure"]: "loop_closures", **{v: k for k, v in SLAM_OUTPUTS.items()}}
-    out = {"loop_closures": [], "malformed_loop_closures": 0, "edges": [], "rejected": [], "initialposes": []}
-    with Reader(path) as reader:
-        wanted = [c for c in reader.connections if c.topic in topics]
-        for connection, _, raw in reader.messages(connections=wanted):
-            msg = store.deserialize_cdr(raw, connection.msgtype)
-            role = topics[connection.topic]
-            if role == "loop_closures":
-                if len(msg.data) == 2:
-                    out["loop_closures"].append([float(v) for v in msg.data])
-                else:
-                    out["malformed_loop_closures"] += 1
-            elif role == "initialpose":
-                out["initialposes"].append({"stamp": stamp_to_seconds(msg.header.stamp), "frame_id": msg.header.frame_id,
-                                            "pose": pose_to_matrix(msg.pose.pose).tolist()})
-            else:
-                key = "edges" if role == "loop_closure_edge" else "rejected"
-                out[key].append({"query_stamp": stamp_to_seconds(msg.query_stamp),
-                                 "matched_stamp": stamp_to_seconds(msg.matched_stamp), "score": float(msg.score),
-                                 "fitness": float(msg.fitness), "relative_pose": pose_to_matrix(msg.relative_pose).tolist()})
-    return out
 
 
 def top1_scores(recorded: Recorded) -> np.ndarray:
@@ -193,21 +201,6 @@ def verify_node_params(verify: str, use_scan: bool, exclude_seconds: float) -> d
     return {"exclude_seconds": float(exclude_seconds), **node_verify}
 
 
-def read_match_poses(path: Path) -> dict[float, np.ndarray]:
-    """{query stamp: published match pose (4,4)}: the refined query pose of a verified match."""
-    from rosbags.rosbag2 import Reader
-
-    from cmirl_ros.datasets.bag import pose_to_matrix, typestore
-
-    store, poses = typestore(), {}
-    with Reader(path) as reader:
-        for connection, _, raw in reader.messages():
-            if connection.topic == OUTPUTS["match"]:
-                msg = store.deserialize_cdr(raw, connection.msgtype)
-                poses[msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9] = pose_to_matrix(msg.pose.pose)
-    return poses
-
-
 def map_truth(bag: BagSequence) -> np.ndarray:
     """(F,4,4) the bag's ground-truth poses in the map frame (its frame convention)."""
     return bag.frame_convention.to_map(bag.poses)
@@ -221,7 +214,7 @@ def _revisits(bag: BagSequence, mapdb, radius: float, exclude_seconds: float) ->
     return (near & ~time_exclusion(bag.stamps, mapdb.keyframes.stamps, exclude_seconds)).any(1)
 
 
-def registration_figures(recording: Path, recorded: Recorded, bag: BagSequence, mapdb, radius: float,
+def registration_figures(recorded: Recorded, bag: BagSequence, mapdb, radius: float,
                          exclude_seconds: float) -> dict:
     """Verified figures of a node that ran `verify: registration`: every published match is verified;
     one is correct when its refined pose is within 1 m and 5 degrees of the ground truth (as `cmirl eval`).
@@ -229,7 +222,7 @@ def registration_figures(recording: Path, recorded: Recorded, bag: BagSequence, 
     from cmirl_ros.evaluation.metrics import pose_errors, poses_within, verified_match_figures
     from cmirl_ros.ros.bag_writer import BASE_FRAME
 
-    published, truth = read_match_poses(recording), map_truth(bag)
+    published, truth = recorded.match_poses, map_truth(bag)
     T_base_cam = bag.camera_on_base(BASE_FRAME)
     frames = nearest_stamps(np.array(list(published)), bag.stamps)
     errors = np.full((len(bag.stamps), 2), np.nan)
@@ -281,11 +274,11 @@ def sequence_figures(recorded: Recorded, bag: BagSequence, mapdb, radius: float,
             "sequence": config.to_dict(), "sequence_odometry": odometry}
 
 
-def verification_result(verify: str, recording: Path, recorded: Recorded, bag: BagSequence, mapdb, radius: float,
+def verification_result(verify: str, recorded: Recorded, bag: BagSequence, mapdb, radius: float,
                         exclude_seconds: float, sequence=None, sequence_odometry: bool = False) -> dict:
     """The `--verify` keys of the result (none: nothing to add)."""
     if verify == "registration":
-        return {"verify": verify, **registration_figures(recording, recorded, bag, mapdb, radius, exclude_seconds)}
+        return {"verify": verify, **registration_figures(recorded, bag, mapdb, radius, exclude_seconds)}
     if verify == "sequence":
         from cmirl_ros.localization.sequence import SequenceConfig
 
@@ -316,7 +309,7 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
                  sequence_odometry: bool = False) -> dict:
     """Replay `bag_path` into a fresh localizer node and score its outputs (see module doc).
     `details`: also return per-query positions and correctness, the trajectory, the keyframes and
-    the SLAM outputs (`read_slam_outputs`). `wait_outputs`: further output topics the recorder must
+    the SLAM outputs (`SlamOutputs`). `wait_outputs`: further output topics the recorder must
     have subscribed before the replay starts (e.g. SLAM_OUTPUTS' that the node is set to publish).
     `verify` (none | registration | sequence, `verify_node_params`): also the verified figures;
     `sequence`: its SequenceConfig, `sequence_odometry`: the bag's ground-truth poses as odometry."""
@@ -382,13 +375,13 @@ def evaluate_bag(bag_path: Path, map_dir: Path, model: str, rate: float = 1.0, r
     result["protocols"], loop_closure, per_query = score(recorded, bag, mapdb, radius, exclude_seconds)
     result["loop_closure"] = loop_closure.to_dict()
     result.update({key: result["loop_closure"][key] for key in LOOP_CLOSURE_KEYS})
-    result.update(verification_result(verify, recording, recorded, bag, mapdb, radius, exclude_seconds, sequence,
+    result.update(verification_result(verify, recorded, bag, mapdb, radius, exclude_seconds, sequence,
                                       sequence_odometry))
     if details:
         result["per_query"] = per_query
         result["trajectory"] = map_truth(bag)[:, :3, 3].tolist()
         result["keyframes"] = mapdb.keyframes.positions.tolist()
-        result["slam_outputs"] = read_slam_outputs(recording)
+        result["slam_outputs"] = recorded.slam_outputs
     if owned:
         shutil.rmtree(workdir, ignore_errors=True)
     return result

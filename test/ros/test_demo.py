@@ -78,13 +78,13 @@ def test_slam_outputs_are_scored_summarised_and_plotted(tmp_path, capsys):
 
 def test_recorded_slam_outputs_read_back(ros_workdir):
     """The recorder (another process) writes LoopClosure (generated type, registered from its .msg) and
-    /initialpose; `read_slam_outputs` parses them and drops a ~/loop_closure that is not 2 values."""
+    /initialpose; `read_recording` parses them and drops a ~/loop_closure that is not 2 values."""
     import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Float64MultiArray
 
-    from cmirl_ros.ros.bag_eval import OUTPUTS, SLAM_OUTPUTS, read_slam_outputs
+    from cmirl_ros.ros.bag_eval import OUTPUTS, SLAM_OUTPUTS, read_recording
     from cmirl_ros.ros.conversions import seconds_to_stamp
     from cmirl_ros.ros.interfaces import loop_closure_type
     from cmirl_ros.ros.processes import start_recorder
@@ -118,7 +118,7 @@ def test_recorded_slam_outputs_read_back(ros_workdir):
         node.destroy_node()
         rclpy.try_shutdown()
         recorder.stop(signal.SIGINT)
-    outputs = read_slam_outputs(ros_workdir / "outputs")
+    outputs = read_recording(ros_workdir / "outputs").slam_outputs
     assert outputs["loop_closures"] == [[160.5, 12.25]] and outputs["malformed_loop_closures"] == 1
     assert outputs["edges"] == [{"query_stamp": 160.5, "matched_stamp": 12.25, "score": 0.75, "fitness": 0.5,
                                  "relative_pose": np.eye(4).tolist()}] and outputs["rejected"] == []

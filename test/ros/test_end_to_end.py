@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmirl_ros.ros.bag_eval import OUTPUTS, nearest_stamps, read_match_poses, read_recording
+from cmirl_ros.ros.bag_eval import OUTPUTS, nearest_stamps, read_recording
 from cmirl_ros.ros.localizer_node import READY_LOG
 from cmirl_ros.ros.processes import RosProcess, start_localizer, start_recorder
 
@@ -110,7 +110,7 @@ def check_base_poses(recording: Path, dataset, map_dir: Path) -> None:
     match_of = {round(s, 6): keyframe_stamps[ids[0]] for s, ids in zip(recorded.stamps, recorded.candidates)}
     truth_cam = dataset.frame_convention.to_map(dataset.poses)
     truth_base = truth_cam @ np.linalg.inv(kitti_T_base_cam(dataset.calib.T_cam_sensor))
-    for stamp, published in read_match_poses(recording).items():
+    for stamp, published in recorded.match_poses.items():
         query = nearest_stamps(np.array([stamp]), dataset.stamps)[0]
         keyframe = nearest_stamps(np.array([match_of[round(stamp, 6)]]), dataset.stamps)[0]
         np.testing.assert_allclose(published, truth_base[keyframe], atol=1e-5)
