@@ -3,10 +3,9 @@ only the candidates whose registration is accepted (fitness and rmse thresholds)
 
 Frames: the keyframe cloud is in the keyframe's range-sensor frame ks, the query scan in the
 query's sensor frame qs. Registration starts from the candidate's `registration_guess` of T_ks_qs
-when retrieval gave one (Scan Context: the viewpoint that matched and its yaw; a revisit in the
-other lane or direction is metres and up to 180 degrees away, beyond what the coarse alignment
-pulls in from identity), else from identity (retrieval says the sensors stood at the same place),
-and returns T_ks_qs. Then, with c = camera:
+when retrieval gave one (Scan Context: the viewpoint that matched and its yaw, so a revisit in
+the other lane or direction starts metres nearer and at the right yaw; docs/verification.md),
+else from identity (retrieval says the sensors stood at the same place), and returns T_ks_qs. Then, with c = camera:
     T_kc_qc      = T_cam_sensor(keyframe) @ T_ks_qs @ inv(T_cam_sensor(query))   (T_keyframe_query)
     T_world_qc   = T_world_kc @ T_kc_qc                                           (refined query pose)
 and the information of a right perturbation of T_ks_qs is re-expressed for T_kc_qc (query camera).
