@@ -230,6 +230,56 @@ def test_scan_context_retrieval_adds_the_place_the_descriptor_misses(sim, scans,
     assert [m.keyframe_id for m in result.matches] == [2] and result.matches[0].verified
 
 
+def test_scan_context_ignores_the_sensor_height(scans):
+    # The two passes of a revisit can drive metres apart in height; the cell's vertical extent stays.
+    from cmirl_ros.geometry.scan_context import distances, scan_context
+
+    lifted = scans[QUERY][:, :3] + [0.0, 0.0, 3.0]
+    distance, _ = distances(scan_context(lifted), scan_context(scans[QUERY])[None])
+    assert distance[0] < 1e-6
+
+
+def other_lane_opposite_direction(scan):
+    """(T_target_source, source scan): `scan` seen from a sensor 10 m away (8 m along the street, 6 m
+    aside: the other lane, half-way to the next keyframe), turned 180 degrees."""
+    from cmirl_ros.geometry.registration import yaw_about_z
+
+    T_target_source = yaw_about_z(np.pi)
+    T_target_source[:3, 3] = [8.0, -6.0, 0.0]
+    return T_target_source, transform_points(np.linalg.inv(T_target_source), scan[:, :3])
+
+
+def test_a_virtual_viewpoint_finds_a_scan_taken_in_the_other_lane(scans):
+    from cmirl_ros.geometry.scan_context import VIEWPOINT_OFFSETS_M, distances, scan_context, viewpoint_contexts
+
+    _, query = other_lane_opposite_direction(scans[QUERY])
+    distance, yaw = distances(scan_context(query), viewpoint_contexts(scans[QUERY]))
+    best = int(np.argmin(distance))
+    assert VIEWPOINT_OFFSETS_M[best] == (6.0, -6.0)  # the viewpoint nearest the query
+    assert distance[best] < distance[VIEWPOINT_OFFSETS_M.index((0.0, 0.0))]
+    assert abs(abs(np.degrees(yaw[best])) - 180.0) <= 6.0
+
+
+def test_an_opposite_direction_revisit_in_the_other_lane_is_retrieved_and_verified(sim, scans):
+    # Seen from the keyframe's own sensor, Scan Context ranks other streets above the revisit 10 m
+    # away in the other direction (distance 0.52 against 0.47); from its best virtual viewpoint the
+    # revisit comes first (0.22), and registration from that viewpoint and its yaw converges.
+    distances = np.linalg.norm(sim.poses[:300, :3, 3] - sim.poses[QUERY, :3, 3], axis=1)
+    streets = [int(i) for i in np.flatnonzero(distances > 80)[::15]]
+    clouds = {**{i: sim.scan(i) for i in streets}, QUERY: scans[QUERY]}
+    T_target_source, query = other_lane_opposite_direction(scans[QUERY])
+    descriptors = unit(np.eye(len(streets) + 1))  # the query's descriptor points at the first street
+    mapdb = cloud_map(sim, clouds, [*streets, QUERY], descriptors, stamps=np.zeros(len(streets) + 1))
+    config = LocalizerConfig(top_k=1, verify="registration", verify_candidates=2, scan_context_candidates=1,
+                             retrieve="faiss_scan_context")
+    result = Localizer(None, mapdb, config).localize_descriptor(descriptors[0], 100.0, query, sim.calib.calibration())
+    assert [m.keyframe_id for m in result.matches] == [len(streets)] and result.matches[0].verified
+    T_cam_sensor = mapdb.clouds.T_cam_sensor[len(streets)]
+    truth = T_cam_sensor @ T_target_source @ np.linalg.inv(T_cam_sensor)  # T_keyframe_query, cameras
+    error = np.linalg.inv(truth) @ result.matches[0].T_keyframe_query
+    assert np.linalg.norm(error[:3, 3]) < 0.05 and rotation_deg(error) < 0.2
+
+
 def test_map_build_and_eval_with_registration_verification(tmp_path, capsys):
     from cmirl_ros.sim import simulate_sequence
 

@@ -4,15 +4,18 @@ keyframes whose clouds best match the live scan by Scan Context (`geometry.scan_
 The descriptor sees what the camera sees; a street revisited in the other direction or entered
 from a junction looks different to it but not to a 360-degree LiDAR. With a live scan, the first
 `scan_context_candidates` keyframes by Scan Context distance join the FAISS list (alternating,
-best first, no repeats), under the same self-match guard; every candidate gets the Scan Context
-yaw as `yaw_guess` (the initial guess of registration verification). Without a scan it is
-`retrieve:faiss`. Map-side contexts are computed once from the map's keyframe clouds.
+best first, no repeats), under the same self-match guard. A keyframe is described from several
+virtual viewpoints around it; every candidate gets, as `registration_guess` (the initial guess of
+registration verification, T_keyframe_sensor_query_sensor), its best viewpoint's offset and the
+Scan Context yaw there. Without a scan it is `retrieve:faiss`. Map-side contexts are computed once
+from the map's keyframe clouds.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from cmirl_ros.geometry.scan_context import distances, scan_context
+from cmirl_ros.geometry.registration import yaw_about_z
+from cmirl_ros.geometry.scan_context import VIEWPOINT_OFFSETS_M, ContextSpectra, scan_context, viewpoint_contexts
 from cmirl_ros.localization.stages import Candidates, QueryInput, register_stage
 from cmirl_ros.localization.stages.retrieve import faiss_retrieval
 
@@ -23,7 +26,8 @@ def faiss_and_scan_context(config, mapdb):
         raise ValueError("retrieve 'faiss_scan_context' needs a map with keyframe clouds; "
                          "rebuild it with `cmirl map build --cloud-voxel V`")
     by_descriptor = faiss_retrieval(config, mapdb)
-    contexts = np.stack([scan_context(mapdb.clouds.cloud(i)) for i in range(len(mapdb))])
+    offsets = np.array(VIEWPOINT_OFFSETS_M)
+    spectra = ContextSpectra(np.concatenate([viewpoint_contexts(mapdb.clouds.cloud(i)) for i in range(len(mapdb))]))
     keyframes = mapdb.keyframes
 
     def retrieve(_: Candidates | None, query: QueryInput) -> Candidates:
@@ -31,14 +35,23 @@ def faiss_and_scan_context(config, mapdb):
         if query.points is None:
             return found
         allowed = np.flatnonzero(_outside_window(keyframes, query.stamp, config))
-        distance, yaw = np.full(len(mapdb), np.inf), np.zeros(len(mapdb))
-        distance[allowed], yaw[allowed] = distances(scan_context(query.points), contexts[allowed])
+        distance, yaw = (a.reshape(len(mapdb), len(offsets)) for a in spectra.distances(scan_context(query.points)))
+        viewpoint = np.argmin(distance, axis=1)
+        distance = distance[np.arange(len(mapdb)), viewpoint]
         by_scan = allowed[np.argsort(distance[allowed], kind="stable")[: config.scan_context_candidates]]
         ids = _interleave(found.ids, by_scan)
         scores = np.asarray(mapdb.descriptors[np.sort(ids)], np.float32)[np.argsort(np.argsort(ids))] @ query.descriptor
-        return Candidates(ids, scores.astype(np.float32), keyframes.poses(ids), {"yaw_guess": yaw[ids]})
+        guesses = np.stack([_guess(offsets[viewpoint[i]], yaw[i, viewpoint[i]]) for i in ids])
+        return Candidates(ids, scores.astype(np.float32), keyframes.poses(ids), {"registration_guess": guesses})
 
     return retrieve
+
+
+def _guess(offset_m: np.ndarray, yaw: float) -> np.ndarray:
+    """T_keyframe_sensor_query_sensor: the query sensor at the viewpoint, turned by the yaw."""
+    T = yaw_about_z(yaw)
+    T[:2, 3] = offset_m
+    return T
 
 
 def _outside_window(keyframes, stamp: float, config) -> np.ndarray:

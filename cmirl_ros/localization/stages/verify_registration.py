@@ -2,9 +2,10 @@
 only the candidates whose registration is accepted (fitness and rmse thresholds).
 
 Frames: the keyframe cloud is in the keyframe's range-sensor frame ks, the query scan in the
-query's sensor frame qs. Registration starts from T_ks_qs = identity (retrieval says the sensors
-stood at the same place), turned by the candidate's `yaw_guess` about z when retrieval gave one
-(Scan Context), and returns T_ks_qs. Then, with c = camera:
+query's sensor frame qs. Registration starts from the candidate's `registration_guess` of T_ks_qs
+when retrieval gave one (Scan Context: the viewpoint that matched and its yaw, so a revisit in
+the other lane or direction starts metres nearer and at the right yaw; docs/verification.md),
+else from identity (retrieval says the sensors stood at the same place), and returns T_ks_qs. Then, with c = camera:
     T_kc_qc      = T_cam_sensor(keyframe) @ T_ks_qs @ inv(T_cam_sensor(query))   (T_keyframe_query)
     T_world_qc   = T_world_kc @ T_kc_qc                                           (refined query pose)
 and the information of a right perturbation of T_ks_qs is re-expressed for T_kc_qc (query camera).
@@ -15,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cmirl_ros.geometry.registration import Target, information_in, prepare_query, register, yaw_about_z
+from cmirl_ros.geometry.registration import Target, information_in, prepare_query, register
 from cmirl_ros.localization.stages import Candidates, QueryInput, register_stage
 
 CACHED_TARGETS = 256  # prepared keyframe clouds kept between queries (about 1 MB each)
@@ -42,9 +43,9 @@ class RegistrationVerifier:
         shortlist = candidates.take(np.arange(min(self.shortlist, len(candidates))))
         source = prepare_query(query.points, self.registration)
         T_cam_sensor_query = np.asarray(query.calib.T_cam_sensor, np.float64)
-        yaws = shortlist.extras.get("yaw_guess", np.zeros(len(shortlist)))
-        figures = [self._verify(source, int(i), T_world_kc, T_cam_sensor_query, yaw)
-                   for i, T_world_kc, yaw in zip(shortlist.ids, shortlist.T_world_cam, yaws)]
+        guesses = shortlist.extras.get("registration_guess", np.broadcast_to(np.eye(4), (len(shortlist), 4, 4)))
+        figures = [self._verify(source, int(i), T_world_kc, T_cam_sensor_query, guess)
+                   for i, T_world_kc, guess in zip(shortlist.ids, shortlist.T_world_cam, guesses)]
         if not figures:
             return shortlist
         stacked = {key: np.stack([f[key] for f in figures]) for key in figures[0]}
@@ -52,8 +53,8 @@ class RegistrationVerifier:
         return checked.take(checked.extras["verified"])
 
     def _verify(self, source, keyframe: int, T_world_kc: np.ndarray, T_cam_sensor_query: np.ndarray,
-                yaw: float) -> dict:
-        result = register(source, self._target(keyframe), yaw_about_z(yaw), self.registration)
+                T_init: np.ndarray) -> dict:
+        result = register(source, self._target(keyframe), T_init, self.registration)
         T_kc_qc = self.mapdb.clouds.T_cam_sensor[keyframe] @ result.T_target_source @ np.linalg.inv(T_cam_sensor_query)
         return {"verified": result.accepted, "fitness": result.fitness, "rmse_m": result.rmse_m,
                 "iterations": result.iterations, "T_keyframe_query": T_kc_qc, "T_world_query": T_world_kc @ T_kc_qc,
