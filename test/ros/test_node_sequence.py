@@ -79,7 +79,8 @@ def test_default_node_confirms_only_matches_that_follow_the_odometry(sim_root, s
     assert io["client"].spin_until(lambda: io["tf"].get_subscription_count() > 0, 10)
     image = KittiSequence(sim_root, "00")[5].image
     standing = [100.0 + STEP_S * k for k in range(3)]
-    moving = [110.0 + STEP_S * k for k in range(3)]  # after a pause longer than sequence_max_gap: a new sequence
+    # After a pause longer than sequence_max_gap (5 s): a new sequence (all within tf's 10 s buffer).
+    moving = [105.5 + STEP_S * k for k in range(3)]
     odometry = [(s, np.eye(4)) for s in standing] + [(s, make_transform(np.eye(3), np.array([10.0 * k, 0, 0])))
                                                      for k, s in enumerate(moving)]
     io["tf"].publish(tf_message_type()(transforms=[transform_stamped(seconds_to_stamp(s), "odom", "base_link", T)
@@ -91,10 +92,21 @@ def test_default_node_confirms_only_matches_that_follow_the_odometry(sim_root, s
     assert [io["query"](s, image) for s in moving] == [False, False, True]
     top, match = io["candidates"][moving[-1]].poses[0], io["matches"][moving[-1]].pose.pose
     assert np.linalg.norm(_position(match) - _position(top)) > 10.0
-    assert not io["query"](110.5, image)  # no odometry at this stamp
+    assert len(io["candidates"][moving[-1]].poses) == 5  # top_k, though the path check ranked 20
+    assert not io["query"](106.0, image)  # no odometry at this stamp
     values = _diagnostic_values(io)
     assert values["verify"] == "sequence (odometry)" and int(values["sequence_no_odometry"]) == 1, values
     assert int(values["answered"]) == 2 and int(values["unverified"]) == 5, values
+
+
+def test_the_path_check_ranks_its_hypotheses_beyond_top_k():
+    from cmirl_ros.options import node_options
+    from cmirl_ros.ros.localizer_node import LocalizerNode
+
+    params = {**{o.name: o.default for o in node_options()}, "verify": "sequence"}  # auto, resolved image-only
+    assert LocalizerNode._retrieved(params) == params["sequence_candidates"] == 20
+    assert LocalizerNode._retrieved({**params, "sequence_odometry": False}) == params["top_k"] == 5
+    assert LocalizerNode._retrieved({**params, "verify": "none"}) == 5
 
 
 def test_stamps_only_confirms_a_consistent_run_of_top_matches(sim_root, lite_checkpoint, lite_map, live_localizer):
