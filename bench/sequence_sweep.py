@@ -25,11 +25,18 @@ from cmirl_ros.localization.sequence import SequenceConfig
 
 # Each row: one setting; every one has tolerance 5 m / 20 degrees. candidates 0 = every map entry
 # (SeqSLAM-like: the path collects whatever score the map gives where the odometry puts each query).
-GRID = [dict(length=n, candidates=k, zscore=k == 0, unique_m=30.0 if margin is not None else 0.0,
-             unique_margin=float("inf") if margin in (None, "any") else margin, tolerance_m=5.0, tolerance_deg=20.0)
-        for n in (4, 8, 12) for k, margins in ((20, (None, "any")), (0, (None, 0.25, 0.5, 1.0)))
-        for margin in margins]
-GRID += [dict(length=4, candidates=20, min_turn_deg=turn, tolerance_m=5.0, tolerance_deg=20.0) for turn in (20.0, 45.0)]
+MARGINS = {0: (None, 0.25, 0.5, 1.0)}  # unique 30 m at these z-score margins; top-K: off or any margin
+
+
+def grid(lengths, candidates) -> list[dict]:
+    """The odometry rows: every N x K, without and with `unique 30 m`; the turn rows at N = 4, K = 20."""
+    rows = [dict(length=n, candidates=k, zscore=k == 0, unique_m=30.0 if margin is not None else 0.0,
+                 unique_margin=float("inf") if margin in (None, "any") else margin, tolerance_m=5.0, tolerance_deg=20.0)
+            for n in lengths for k in candidates for margin in MARGINS.get(k, (None, "any"))]
+    if 4 in lengths and 20 in candidates:
+        rows += [dict(length=4, candidates=20, min_turn_deg=turn, tolerance_m=5.0, tolerance_deg=20.0)
+                 for turn in (20.0, 45.0)]
+    return rows
 
 
 def queries_of(args) -> QuerySide:
@@ -71,21 +78,24 @@ def main() -> None:
     parser.add_argument("--exclude-seconds", type=float, default=30.0)
     parser.add_argument("--target", type=float, default=0.99, help="precision the threshold must keep")
     parser.add_argument("--cache", type=Path, default=None, help="query descriptors (.npz), reused when present")
-    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="only the grid rows of these N")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 8, 12], help="odometry rows: these N")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[20, 0],
+                        help="odometry rows: these K (0: the whole map, with z-scores)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
     from cmirl_ros.mapdb import MapDatabase
 
     queries = queries_of(args)
-    map_side = MapSide.from_database(MapDatabase.load(args.map))
-    axes = (0, 2)  # KITTI ground plane
+    mapdb = MapDatabase.load(args.map)
+    map_side = MapSide.from_database(mapdb)
+    axes = mapdb.frame_convention.ground_axes  # queries and keyframes are compared in the map frame (z-up)
     result = score(queries, map_side, args.radius, axes, exclude_seconds=args.exclude_seconds, protocols=("revisit",))["revisit"]
     base = result.loop_closure.to_dict()
     rows = []
-    settings = [("stamps", dict(length=n)) for n in [2, 3, 4, 6]]
+    settings = [("stamps", dict(length=n)) for n in range(2, 7)]
     settings += [("odometry", {**setting, "candidates": setting["candidates"] or len(map_side.descriptors)})
-                 for setting in GRID if args.lengths is None or setting["length"] in args.lengths]
+                 for setting in grid(args.lengths, args.candidates)]
     for mode, setting in settings:
         verify_by_sequence(result, queries, map_side, SequenceConfig(**setting), args.radius, axes,
                            exclude_seconds=args.exclude_seconds, odometry=mode == "odometry")

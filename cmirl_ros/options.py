@@ -177,6 +177,8 @@ SECTIONS = (
                at_least=1),
         Option("registration_threads", 1, "threads of one registration", at_least=1),
     )),
+    # The node's defaults: the path check chosen on validation (docs/results.md, "Sequence verification with
+    # odometry"); the flags keep the stamps-only check (cli_default), the offline figures' baseline.
     Section("sequence", "sequence verification (SequenceConfig): verify sequence, or auto without the scan",
             (NODE, CLI), (
         Option("sequence_length", 3, "N consecutive agreeing matches", at_least=1, field="length"),
@@ -187,21 +189,22 @@ SECTIONS = (
         Option("sequence_max_gap", 5.0, "a longer pause restarts (s)", at_least=0, field="max_gap_s"),
         Option("sequence_min_travel", 0.0, "with odometry: the N queries must span this much travel (m)",
                at_least=0, field="min_travel_m"),
-        Option("sequence_odometry", False, "check the odometry's paths over the top sequence_candidates (PathVerifier; "
-               "relative motion only): the node's from tf odom_frame -> base_frame, offline the queries' ground-truth "
-               "poses; default: stamps only, top-1", field=None),
-        Option("sequence_candidates", 1, "with odometry: each query's top-K keyframes are hypotheses and path supports",
-               at_least=1, field="candidates"),
-        Option("sequence_tolerance_deg", 180.0, "with odometry: predicted vs keyframe heading (deg; 180: position only)",
-               at_least=0, field="tolerance_deg"),
-        Option("sequence_min_score", -1.0, "with odometry: accept a path whose mean descriptor score reaches this",
-               field="min_score"),
+        Option("sequence_odometry", True, "check the odometry's paths over the top sequence_candidates (PathVerifier; "
+               "relative motion only): the node's from tf odom_frame -> base_frame (a query without it is not "
+               "confirmed), offline the queries' ground-truth poses; false: stamps only, top-1 (the flags' default)",
+               field=None, cli_default=False),
+        Option("sequence_candidates", 20, "with odometry: each query's top-K keyframes are hypotheses and path supports",
+               at_least=1, field="candidates", cli_default=1),
+        Option("sequence_tolerance_deg", 20.0, "with odometry: predicted vs keyframe heading (deg; 180: position only)",
+               at_least=0, field="tolerance_deg", cli_default=180.0),
+        Option("sequence_min_score", 0.8443, "with odometry: accept a path whose mean descriptor score reaches this "
+               "(the node's default: cmirl_driving's validation threshold; -1: any)", field="min_score", cli_default=-1.0),
         Option("sequence_min_turn", 0.0, "with odometry: the window's heading must change this much (deg; 0: off)",
                at_least=0, field="min_turn_deg"),
         Option("sequence_zscore", False, "with odometry: score each query's candidates as z-scores over its top-K",
                field="zscore"),
-        Option("sequence_unique", 0.0, "with odometry: reject when another consistent path starts this far away "
-               "(m; 0: off) ...", at_least=0, field="unique_m"),
+        Option("sequence_unique", 30.0, "with odometry: reject when another consistent path starts this far away "
+               "(m; 0: off) ...", at_least=0, field="unique_m", cli_default=0.0),
         Option("sequence_unique_margin", float("inf"), "... and scores within this margin of the best (inf: whatever "
                "it scores)", at_least=0, field="unique_margin"),
     )),
@@ -309,7 +312,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser, sections: Iterable[str], 
 
 def _argparse_keywords(option: Option) -> dict:
     if isinstance(option.default, bool):  # a switch: only off by default fits a flag without a value
-        assert option.default is False, option.name
+        assert option.default_in(CLI) is False, option.name
         return {"action": "store_true", "help": option.help}
     keywords = {"type": _checked(option), "default": option.default_in(CLI), "help": option.help}
     if isinstance(option.choices, tuple):

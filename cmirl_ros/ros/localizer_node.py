@@ -268,7 +268,7 @@ class LocalizerNode(LifecycleNode):
         if p["num_threads"] > 0:
             torch.set_num_threads(int(p["num_threads"]))
         self._model = naming_the_file("model", p["model"], lambda: load_model(p["model"], device=p["device"]))
-        config = localizer_config(p)
+        config = localizer_config(p, top_k=self._retrieved(p))
         self._localizer = naming_the_file("map", p["map"], lambda: Localizer(
             self._model, MapDatabase.load(p["map"], expect_fingerprint=model_fingerprint(self._model)), config))
         self._calibrations = {}
@@ -309,6 +309,14 @@ class LocalizerNode(LifecycleNode):
             self._outputs["map_markers"] = self.create_publisher(MarkerArray, "~/map_markers", latched)
         if p["publish_debug_image"]:
             self._outputs["debug_image"] = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+
+    @staticmethod
+    def _retrieved(params: dict) -> int:
+        """How many candidates the localizer ranks: top_k, or the path check's sequence_candidates
+        hypotheses when more (the outputs still carry top_k)."""
+        if params["verify"] == SEQUENCE_VERIFY and params["sequence_odometry"]:
+            return max(params["top_k"], params["sequence_candidates"])
+        return params["top_k"]
 
     @staticmethod
     def _tf_needed(params: dict) -> bool:
@@ -535,9 +543,9 @@ class LocalizerNode(LifecycleNode):
             # The scan's stamp: a SLAM back end's keyframes are its scans.
             self._session.add(self._tf, query.scan_stamp, query.points, query.calib, query.scan_frame)
         header = Header(stamp=query.header.stamp, frame_id=self.params["map_frame"])
-        matches = list(result.matches)
+        matches, top_k = list(result.matches), self.params["top_k"]
         if verify == SEQUENCE_VERIFY and matches:  # the ranking, confirmed or not: candidates, not a match
-            self._publish("candidates", messages.candidates_msg(header, matches))
+            self._publish("candidates", messages.candidates_msg(header, matches[:top_k]))
         chosen = self._verified_choice(query, matches)
         if chosen is None:  # registration: the core dropped every unverified candidate; sequence: not confirmed yet
             retrieved_none = verify == "none" or (verify == SEQUENCE_VERIFY and not matches)
@@ -545,8 +553,9 @@ class LocalizerNode(LifecycleNode):
             return
         self.counts["verified"] += verify != "none"
         matches.insert(0, matches.pop(chosen))
+        matches = matches[:top_k]  # the path check may have ranked more (`_retrieved`)
         best = matches[0]
-        covariance = result.covariance if chosen == 0 else self._covariance(matches)
+        covariance = result.covariance if chosen == 0 and len(result.matches) <= top_k else self._covariance(matches)
         match = messages.match_msg(header, *self._match_pose(query, best, covariance))
         self._publish("match", match)
         self._relocalizer.offer(match, verify == "registration", self._tf)

@@ -76,7 +76,7 @@ def test_the_tree_declares_every_config_field_with_its_default():
     assert set(localizer) == {f.name for f in fields(LocalizerConfig)} - NOT_OPTIONS
     defaults = asdict(LocalizerConfig())
     assert {k: defaults[k] for k in localizer} == localizer
-    sequence = {o.field: o.default for o in section("sequence").options if o.field is not None}
+    sequence = {o.field: o.default_in(CLI) for o in section("sequence").options if o.field is not None}
     assert sequence == asdict(SequenceConfig())
 
 
