@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from cmirl_ros.atomic import atomic_write_text
     from cmirl_ros.models import build_model, resolve_device, save_checkpoint
     from cmirl_ros.training.pairs import PairRule
-    from cmirl_ros.training.trainer import Trainer, TrainSettings, init_distributed
+    from cmirl_ros.training.trainer import Trainer, TrainSettings, ValidationProtocol, init_distributed
 
     set_torch_threads()
     config_path = resolve_config(args.config, "train")
@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     frames = training_frames(dataset, model, cfg, settings, args.cache_dir, progress)
     val_frames = None if validation is None else training_frames(validation, model, cfg, settings, args.cache_dir, progress)
     trainer = Trainer(model, frames, PairRule.from_config(cfg.get("pairs") or {}), settings, args.out, device,
-                      save_model=save_checkpoint, env=env, validation=val_frames, progress=progress)
+                      save_model=save_checkpoint, env=env, validation=val_frames, progress=progress,
+                      validation_protocol=ValidationProtocol.from_config(cfg.get("validation_protocol")))
     if args.resume and trainer.resume():
         print(f"resumed from {args.out} at step {trainer.step}")
     elif not args.resume and (args.out / "train_state.pt").exists():

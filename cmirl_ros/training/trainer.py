@@ -31,6 +31,7 @@ from torch import nn
 from cmirl_ros.atomic import atomic_write, atomic_write_text
 from cmirl_ros.config import dataclass_from_mapping
 from cmirl_ros.evaluation.metrics import evaluate_retrieval
+from cmirl_ros.geometry.poses import place_matches, time_exclusion
 from cmirl_ros.models.describer import Describer
 from cmirl_ros.training.data import TrainingFrames
 from cmirl_ros.training.loss import DISTANCES, distances, hardest_negatives, lazy_triplet_loss
@@ -41,7 +42,24 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.csv"
 BEST_DIR = "best"  # the model of the step with the highest validation Recall@1 (shipped layout)
 BEST_FILE = "best.json"
-LOG_FIELDS = ("step", "epoch", "loss", "active", "lr", "modality", "cache_recall@1", "val_recall@1", "seconds")
+LOG_FIELDS = ("step", "epoch", "loss", "active", "lr", "modality", "cache_recall@1", "val_recall@1",
+              "val_revisit_recall@1", "seconds")
+
+
+@dataclass(frozen=True)
+class ValidationProtocol:
+    """How the validation split is scored (config `validation_protocol:`). The default, its images against
+    its own scans with the pair rule's positives, saturates indoors (a small scene, the query's own scan in
+    the map); the indoor evaluation ranks against the whole sequence's scans and counts revisits too."""
+
+    radius: float | None = None  # a correct match (m); None: the pair rule's positive_distance
+    angle_deg: float | None = None  # ... and view angle; None: the pair rule's positive_angle_deg
+    with_training_map: bool = False  # the training frames' scans join the map (one world only)
+    exclude_seconds: float = 0.0  # > 0: the revisit protocol too, and the best step is chosen by the mean of both
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "ValidationProtocol":
+        return dataclass_from_mapping(cls, cfg or {}, "validation_protocol")
 
 
 @dataclass
@@ -183,7 +201,8 @@ def _set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
 class Trainer:
     def __init__(self, model, frames: TrainingFrames, rule: PairRule, settings: TrainSettings, out_dir: Path,
                  device: torch.device, save_model, env: DistEnv | None = None,
-                 validation: TrainingFrames | None = None, progress: bool = True):
+                 validation: TrainingFrames | None = None, progress: bool = True,
+                 validation_protocol: ValidationProtocol | None = None):
         self.model = model.to(device)
         self.frames = frames
         self.settings = settings
@@ -195,8 +214,10 @@ class Trainer:
         self.positives, self.negatives = dataset_relations(frames.dataset, rule)
         np.fill_diagonal(self.negatives, False)
         self.validation = validation
-        self.val_positives = None if validation is None else dataset_relations(validation.dataset, rule)[0]
-        self.val_recall = float("nan")
+        self.val_protocol = validation_protocol or ValidationProtocol()
+        if validation is not None:
+            self.val_positives, self.val_excluded = self._validation_truth(rule)
+        self.val_recall = self.val_revisit = float("nan")
         self.best_val = -math.inf
         if settings.freeze_stages:
             freeze_trunk_stages(self.model, settings.freeze_stages)
@@ -304,12 +325,38 @@ class Trainer:
             # Free training-set check: cached images against cached scans, paper protocol.
             self.cache_recall = evaluate_retrieval(self.cache_query, self.cache_map, self.positives).recall_at_1
 
+    def _validation_truth(self, rule: PairRule) -> tuple[np.ndarray, np.ndarray | None]:
+        """(correct, excluded) of the validation queries against the validation map (`val_protocol`)."""
+        p, val = self.val_protocol, self.validation.dataset
+        parts = [val]
+        if p.with_training_map:
+            if len(set(np.asarray(getattr(self.frames.dataset, "worlds", [0])).tolist())) > 1:
+                raise ValueError("validation_protocol.with_training_map: the training data span several worlds")
+            parts = [self.frames.dataset, val]
+        map_poses = np.concatenate([np.asarray(d.poses) for d in parts])
+        map_stamps = np.concatenate([np.asarray(d.stamps) for d in parts])
+        radius = rule.positive_distance if p.radius is None else p.radius
+        angle = rule.positive_angle_deg if p.angle_deg is None else p.angle_deg
+        correct = place_matches(val.poses, map_poses, radius, val.ground_axes, angle)
+        worlds = getattr(val, "worlds", None)
+        if worlds is not None and not p.with_training_map:  # frames of different worlds share no place
+            correct &= np.asarray(worlds)[:, None] == np.asarray(worlds)[None, :]
+        excluded = time_exclusion(val.stamps, map_stamps, p.exclude_seconds) if p.exclude_seconds > 0 else None
+        return correct, excluded
+
     def validate(self, progress: bool = True) -> float:
-        """Image -> scan Recall@1 on the validation frames (paper protocol, the pair rule's positives)."""
+        """Image -> scan Recall@1 on the validation frames (paper protocol; with `exclude_seconds` the revisit
+        protocol too). Returns the score the best step is chosen by: paper, or the mean of both."""
         with self.timer("validation"):
             query, scan = self._encode(self.validation, self.val_features, progress, "validation")
+            if self.val_protocol.with_training_map:
+                scan = np.concatenate([self._encode(self.frames, self.features, progress, "validation map")[1], scan])
             self.val_recall = evaluate_retrieval(query, scan, self.val_positives).recall_at_1
-        return self.val_recall
+            if self.val_excluded is None:
+                return self.val_recall
+            revisit = evaluate_retrieval(query, scan, self.val_positives, self.val_excluded, protocol="revisit")
+            self.val_revisit = float("nan") if revisit.recall_at_1 is None else revisit.recall_at_1
+        return float(np.nanmean([self.val_recall, self.val_revisit]))
 
     def _cached_descriptors(self, describer: Describer, **inputs) -> torch.Tensor:
         described = describer.describe(**inputs, batch_size=self.settings.cache_batch_size, progress=False)
@@ -441,12 +488,14 @@ class Trainer:
             return
         (self.out_dir / BEST_DIR).mkdir(parents=True, exist_ok=True)
         self.save_model(self.model, self.out_dir / BEST_DIR)
-        record = {"step": self.step, "val_recall@1": self.val_recall}
+        record = {"step": self.step, "val_recall@1": self.val_recall, "val_revisit_recall@1": self.val_revisit,
+                  "score": self.best_val}
         atomic_write_text(self.out_dir / BEST_FILE, json.dumps(record) + "\n")
 
     def _validate_and_keep_best(self, progress: bool) -> None:
-        if self.validate(progress) > self.best_val:
-            self.best_val = self.val_recall
+        score = self.validate(progress)
+        if score > self.best_val:
+            self.best_val = score
             self.save_best()
 
     def resume(self) -> bool:
@@ -492,7 +541,7 @@ class Trainer:
                         "step": self.step, "epoch": (self.step - 1) // s.steps_per_epoch, "loss": f"{last['loss']:.5f}",
                         "active": f"{last['active']:.3f}", "lr": f"{self.scheduler.get_last_lr()[0]:.3g}",
                         "modality": last["modality"], "cache_recall@1": f"{self.cache_recall:.4f}",
-                        "val_recall@1": f"{self.val_recall:.4f}",
+                        "val_recall@1": f"{self.val_recall:.4f}", "val_revisit_recall@1": f"{self.val_revisit:.4f}",
                         "seconds": f"{time.monotonic() - started:.1f}",
                     })
                     log_file.flush()

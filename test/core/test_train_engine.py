@@ -16,7 +16,7 @@ from cmirl_ros.training.data import StridedDataset, TrainingFrames
 from cmirl_ros.training.frame_cache import CachedTrainingFrames
 from cmirl_ros.training.pairs import PairRule, dataset_relations
 from cmirl_ros.training.splits import MultiDataset, check_disjoint, check_no_test_frames
-from cmirl_ros.training.trainer import BEST_FILE, Trainer, TrainSettings
+from cmirl_ros.training.trainer import BEST_FILE, Trainer, TrainSettings, ValidationProtocol
 from test_train_loop import ToyModel, ToyPlaces, _save
 
 
@@ -161,6 +161,26 @@ def test_validation_recall_is_logged_and_the_best_checkpoint_kept(tmp_path):
     resumed = Trainer(ToyModel(), frames, PairRule(5.0, 7.0), settings, tmp_path, torch.device("cpu"), _save,
                       validation=validation)
     assert resumed.resume() and resumed.best_val == trainer.best_val
+
+
+def test_validation_protocol_ranks_against_the_training_scans_and_counts_revisits(tmp_path):
+    torch.manual_seed(0)
+    pre = ToyModel().preprocessing
+    frames = TrainingFrames(ToyPlaces(), pre, AugmentConfig(), 0.5)
+    validation = TrainingFrames(StridedDataset(ToyPlaces(), 2), pre, AugmentConfig(), 0.0)  # same 12 places
+    settings = TrainSettings(batch_size=6, max_steps=2, steps_per_epoch=2, lr=3e-3, cache_batch_size=8)
+    protocol = ValidationProtocol(radius=1.0, with_training_map=True, exclude_seconds=1.5)
+    trainer = Trainer(ToyModel(), frames, PairRule(5.0, 7.0), settings, tmp_path, torch.device("cpu"), _save,
+                      validation=validation, validation_protocol=protocol)
+    # Radius 1 m (not the pair rule's 5 m): a validation frame matches only its own pose in the 24 training
+    # frames and itself among the 12 validation frames; the revisit window hides both (1 s apart at most).
+    assert trainer.val_positives.shape == (12, 36) and trainer.val_positives.sum() == 24
+    assert (trainer.val_positives & ~trainer.val_excluded).sum() == 0
+    score = trainer.validate(progress=False)
+    assert 0.0 <= trainer.val_recall <= 1.0 and np.isnan(trainer.val_revisit)  # no query keeps a true revisit
+    assert score == trainer.val_recall
+    with pytest.raises(ValueError, match="unknown keys"):
+        ValidationProtocol.from_config({"radius_m": 0.5})
 
 
 TINY_MODEL = {"base": "cmirl_lite", "name": "cmirl_tiny",
