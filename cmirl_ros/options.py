@@ -181,7 +181,7 @@ SECTIONS = (
     # odometry"); the flags keep the stamps-only check (cli_default), the offline figures' baseline.
     Section("sequence", "sequence verification (SequenceConfig): verify sequence, or auto without the scan",
             (NODE, CLI), (
-        Option("sequence_length", 3, "N consecutive agreeing matches", at_least=1, field="length"),
+        Option("sequence_length", 4, "N consecutive agreeing matches", at_least=1, field="length", cli_default=3),
         Option("sequence_tolerance", 5.0, "stamps only: slack per step (m); with odometry: how far a supporting candidate may lie from where the path puts its query (m)",
                at_least=0, field="tolerance_m"),
         Option("sequence_max_speed", 30.0, "without odometry: consecutive matches at most this fast apart (m/s)",
@@ -197,7 +197,7 @@ SECTIONS = (
                at_least=1, field="candidates", cli_default=1),
         Option("sequence_tolerance_deg", 20.0, "with odometry: predicted vs keyframe heading (deg; 180: position only)",
                at_least=0, field="tolerance_deg", cli_default=180.0),
-        Option("sequence_min_score", 0.8443, "with odometry: accept a path whose mean descriptor score reaches this "
+        Option("sequence_min_score", 0.9878, "with odometry: accept a path whose mean descriptor score reaches this "
                "(the node's default: cmirl_driving's validation threshold; -1: any)", field="min_score", cli_default=-1.0),
         Option("sequence_min_turn", 0.0, "with odometry: the window's heading must change this much (deg; 0: off)",
                at_least=0, field="min_turn_deg"),
