@@ -148,6 +148,8 @@ def open_entries(entries: list[dict], role: str, resolve_root) -> tuple[object, 
             dataset = StridedDataset(dataset, args.stride)
         parts.append(dataset)
         worlds.append(str(entry.get("world", Path(args.root).resolve())))
+        if "world" in entry:  # recorded in the run's train_config.yaml: it decides which frames are positives
+            args.world = str(entry["world"])
         used.append(args)
     dataset = parts[0] if len(parts) == 1 else MultiDataset(parts, worlds)
     check_no_test_frames(dataset, role)

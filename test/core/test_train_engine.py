@@ -2,6 +2,7 @@
 test-frame guard, validation with best-checkpoint choice, and `cmirl bench train` on a tiny config."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,20 @@ def test_worlds_share_no_place_and_validation_must_be_disjoint(tmp_path):
     check_disjoint(train, val)
     with pytest.raises(ValueError, match="shares 10 frames"):
         check_disjoint(train, _Seq(tmp_path, "00", range(490, 600)))
+
+
+def test_world_labels_are_kept_in_the_used_entries(tmp_path):
+    """The used entries become the run's train_config.yaml: a world label must survive, or a rerun from the
+    record would treat two renders of one town as two towns."""
+    from cmirl_ros.sim import SimConfig, simulate_sequence
+    from cmirl_ros.training.splits import open_entries
+
+    simulate_sequence(SimConfig(trajectory="loop", frames="0:4", width=32, height=16, workers=1), tmp_path, "00",
+                      progress=False)
+    entries = [{"root": str(tmp_path), "seq": "00", "world": "town0"}, {"root": str(tmp_path), "seq": "00", "frames": "0:2"}]
+    dataset, used = open_entries(entries, "training", Path)
+    assert vars(used[0])["world"] == "town0" and "world" not in vars(used[1])
+    assert len(dataset) == 6 and len(set(dataset.worlds.tolist())) == 2
 
 
 def test_validation_recall_is_logged_and_the_best_checkpoint_kept(tmp_path):
