@@ -33,23 +33,24 @@ def _qos_for(topic: str) -> QoSProfile:
     return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def wait_for_subscribers(publishers: dict, topics: list[str], timeout: float) -> list[str]:
-    """Block until each topic in `topics` has a matched subscriber; returns those still without one."""
+def wait_for_subscribers(publishers: dict, topics: dict[str, int], timeout: float) -> list[str]:
+    """Block until each topic has its count of matched subscribers; returns those still short of it."""
     deadline = time.monotonic() + timeout
     while True:
-        waiting = [t for t in topics if publishers[t].get_subscription_count() == 0]
+        waiting = [t for t, count in topics.items() if publishers[t].get_subscription_count() < count]
         if not waiting or time.monotonic() > deadline:
             return waiting
         time.sleep(0.05)
 
 
 def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = False,
-         topics: list[str] | None = None, wait_for: list[str] | None = None, wait_timeout: float = 30.0,
+         topics: list[str] | None = None, wait_for: list[str] | dict[str, int] | None = None, wait_timeout: float = 30.0,
          log=print) -> PlayStats:
     """Publish the bag's messages with their original spacing divided by `rate`.
 
     `clock`: also publish /clock with the bag time of each message (for nodes with use_sim_time).
-    `wait_for`: topics that must have a subscriber before playback starts (so nothing is lost).
+    `wait_for`: topics that must have a subscriber before playback starts (so nothing is lost), or
+    {topic: how many subscribers} when several processes must all see the first message.
     """
     from rosbags.rosbag2 import Reader
     from rosgraph_msgs.msg import Clock
@@ -81,7 +82,8 @@ def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
             unknown = [t for t in wait_for if t not in waitable]
             if unknown:
                 raise ValueError(f"{path}: cannot wait for {', '.join(unknown)}: not played")
-            missing = wait_for_subscribers(waitable, wait_for, wait_timeout)
+            counts = wait_for if isinstance(wait_for, dict) else dict.fromkeys(wait_for, 1)
+            missing = wait_for_subscribers(waitable, counts, wait_timeout)
             if missing:
                 raise RuntimeError(f"no subscriber on {', '.join(missing)} after {wait_timeout:.0f} s")
         started = time.monotonic()

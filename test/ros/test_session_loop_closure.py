@@ -108,7 +108,8 @@ def replay(loop_drive, lite_checkpoint, tmp_path_factory):
         client = Client(rclpy, client_node)
         try:
             answers["before"] = client.call(Trigger, f"{NODE}/save_map", Trigger.Request())
-            stats = play(client_node, loop_drive["bag"], rate=2.5, wait_for=["/camera/image", "/lidar/points"],
+            # Both the node and the consumer must receive the first scan: the consumer checks every pair's stamps.
+            stats = play(client_node, loop_drive["bag"], rate=2.5, wait_for={"/camera/image": 1, "/lidar/points": 2},
                          log=lambda _: None)
             wait_until_all_taken(client, stats.published["/lidar/points"])
             request = SetParameters.Request(parameters=[Parameter("session_map_out", value=str(out)).to_parameter_msg()])
