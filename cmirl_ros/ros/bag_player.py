@@ -92,7 +92,17 @@ def play(node, path: str | Path, rate: float = 1.0, loop: bool = False, clock: b
             if not loop:
                 break
         stats.wall_seconds = time.monotonic() - started
+        flush(publishers.values())
     return stats
+
+
+def flush(publishers, timeout_s: float = 2.0) -> None:
+    """Wait until reliable subscribers have acknowledged what was published: a player that exits right
+    after its last message would otherwise take the messages still in flight with it."""
+    from rclpy.duration import Duration
+
+    for publisher in publishers:
+        publisher.wait_for_all_acked(Duration(seconds=timeout_s))
 
 
 def _play_once(reader, connections, publishers, clock_publisher, rate: float, stats: PlayStats) -> None:
