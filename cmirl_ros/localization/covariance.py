@@ -37,3 +37,10 @@ def match_covariance(scores: np.ndarray, poses: np.ndarray, temperature: float =
     covariance[:3, :3] = (weights[:, None] * offsets).T @ offsets + position_floor_m**2 * np.eye(3)
     covariance[3:, 3:] = (weights[:, None] * rotations).T @ rotations + np.radians(rotation_floor_deg) ** 2 * np.eye(3)
     return covariance
+
+
+def candidates_covariance(scores: np.ndarray, poses: np.ndarray, config) -> np.ndarray:
+    """`match_covariance` of the first `config.top_k` candidates with the LocalizerConfig's temperature
+    and floors: the one way the localizer and the node spread a keyframe match's covariance."""
+    return match_covariance(np.asarray(scores)[: config.top_k], np.asarray(poses)[: config.top_k],
+                            config.covariance_temperature, config.position_floor_m, config.rotation_floor_deg)

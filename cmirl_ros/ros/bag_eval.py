@@ -61,11 +61,15 @@ class Recorded:
     frame_ids: list[str]
     candidates: list[np.ndarray]  # per query: (k,) candidate keyframe ids, best first
     scores: list[np.ndarray]  # per query: (k,) their scores
-    loop_closures: np.ndarray  # (L, 2): query stamp, matched keyframe stamp (well-formed session-map closures)
     receive_times: np.ndarray  # (Q,) wall time the match arrived at the recorder (s)
     diagnostics: list[dict]
     match_poses: dict[float, np.ndarray]  # {query stamp: published ~/match pose (4,4)}, every match
     slam_outputs: dict  # see `SlamOutputs.to_dict`
+
+    @property
+    def loop_closures(self) -> list:
+        """[query stamp, matched keyframe stamp] of each well-formed session-map closure."""
+        return self.slam_outputs["loop_closures"]
 
 
 @dataclass
@@ -135,7 +139,6 @@ def read_recording(path: Path) -> Recorded:
         frame_ids=[matches[k][1] for k in keys],
         candidates=[candidates[k][0] for k in keys],
         scores=[candidates[k][1] for k in keys],
-        loop_closures=np.array(slam.loop_closures, dtype=np.float64).reshape(-1, 2),
         receive_times=np.array([matches[k][2] for k in keys]),
         diagnostics=diagnostics,
         match_poses=match_poses,

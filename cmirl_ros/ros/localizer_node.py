@@ -595,13 +595,11 @@ class LocalizerNode(LifecycleNode):
             return None
 
     def _covariance(self, matches: list) -> np.ndarray:
-        """The spread of the candidates around `matches[0]` (`match_covariance`), as the core computes it
-        for its own first."""
-        from cmirl_ros.localization.covariance import match_covariance
+        """The spread of the candidates around `matches[0]`, as the core computes it for its own first."""
+        from cmirl_ros.localization.covariance import candidates_covariance
 
-        c = self._localizer.config
-        return match_covariance(np.array([m.score for m in matches]), np.array([m.T_world_cam for m in matches]),
-                                c.covariance_temperature, c.position_floor_m, c.rotation_floor_deg)
+        return candidates_covariance(np.array([m.score for m in matches]), np.array([m.T_world_cam for m in matches]),
+                                     self._localizer.config)
 
     def _base_pose(self, query: Query, T_map_cam: np.ndarray) -> np.ndarray | None:
         """T_map_base: base_frame's pose in the z-up map_frame (REP 105) from the query camera's pose

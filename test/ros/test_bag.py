@@ -191,8 +191,8 @@ def test_bag_eval_sequence_figures_of_known_matches(sim_bag, lite_map):
     def recorded(order):
         n = len(bag.stamps)
         return Recorded(stamps=bag.stamps, frame_ids=["map"] * n, candidates=[order[i:i + 1] for i in range(n)],
-                        scores=[np.full(1, 0.5)] * n, loop_closures=np.zeros((0, 2)), receive_times=bag.stamps,
-                        diagnostics=[], match_poses={}, slam_outputs={})
+                        scores=[np.full(1, 0.5)] * n, receive_times=bag.stamps,
+                        diagnostics=[], match_poses={}, slam_outputs={"loop_closures": []})
 
     following = sequence_figures(recorded(nearest), bag, mapdb, 10.0, 0.0, config, odometry=True)
     n = len(bag.stamps)

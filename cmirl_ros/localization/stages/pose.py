@@ -3,13 +3,13 @@
 A verified candidate (a registration stage set `T_world_query` and `information`) gives the refined
 query pose; its covariance is the inverse information, rotated from the query camera frame to the
 map frame (ROS's convention: position and rotation about the map's fixed axes). Otherwise the pose is the keyframe's and the covariance comes
-from the spread of the candidates' scores and poses (`localization.covariance.match_covariance`).
+from the spread of the candidates' scores and poses (`localization.covariance.candidates_covariance`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from cmirl_ros.localization.covariance import match_covariance
+from cmirl_ros.localization.covariance import candidates_covariance
 from cmirl_ros.localization.stages import Candidates, QueryInput, register_stage
 
 
@@ -22,10 +22,7 @@ def standard_pose(config, mapdb):
             candidates.covariance = map_frame_covariance(candidates.extras["T_world_query"][0],
                                                          candidates.extras["information"][0])
         else:
-            candidates.covariance = match_covariance(candidates.scores[: config.top_k],
-                                                     candidates.T_world_cam[: config.top_k],
-                                                     config.covariance_temperature, config.position_floor_m,
-                                                     config.rotation_floor_deg)
+            candidates.covariance = candidates_covariance(candidates.scores, candidates.T_world_cam, config)
         return candidates
 
     return pose
